@@ -1,0 +1,104 @@
+"""CLI: python -m engine.generate --prompt "..." [budget flags]. Streams thinking and answer apart."""
+import argparse
+import sys
+import time
+
+from engine import LLM, SamplingParams, ThinkingBudget
+from engine.tokenizer import THINK_FORMATS
+
+DIM, RESET = "\033[2m", "\033[0m"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m engine.generate", description=__doc__)
+    p.add_argument("--model", help="HF-format model dir (default: SmolLM2-135M-Instruct from its PyPI wheel)")
+    p.add_argument("--prompt", help="the question (default: read stdin)")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True, help="apply the chat template")
+    p.add_argument("--system", help="system message (chat mode)")
+    p.add_argument("--think-format", choices=sorted(THINK_FORMATS), default="s1")
+    p.add_argument("--no-budget", action="store_true", help="plain generation: no thinking phase")
+    p.add_argument("--min-thinking-tokens", type=int, default=0)
+    p.add_argument("--max-thinking-tokens", type=int, default=None)
+    p.add_argument("--num-ignore", type=int, default=0, help="times to replace end-of-thinking with --ignore-str")
+    p.add_argument("--ignore-str", default="Wait")
+    p.add_argument("--final-answer-str", default=None, help='spliced after the delimiter at the cap, e.g. "Final Answer:"')
+    p.add_argument("--max-answer-tokens", type=int, default=None)
+    p.add_argument("--suppress", action="store_true", help="mask end-of-thinking until --min-thinking-tokens")
+    p.add_argument("--max-tokens", type=int, default=1024, help="cap on the whole continuation")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    return p.parse_args(argv)
+
+
+def build_params(args: argparse.Namespace) -> SamplingParams:
+    budget = None
+    if not args.no_budget:
+        budget = ThinkingBudget(
+            min_tokens=args.min_thinking_tokens,
+            max_tokens=args.max_thinking_tokens,
+            num_ignore=args.num_ignore,
+            ignore_str=args.ignore_str,
+            final_answer_str=args.final_answer_str,
+            max_answer_tokens=args.max_answer_tokens,
+            suppress=args.suppress,
+        )
+    return SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        stop=args.stop,
+        budget=budget,
+        think_format=args.think_format,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    question = args.prompt if args.prompt is not None else sys.stdin.read().strip()
+    try:
+        params = build_params(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    llm = LLM(model=args.model, device=args.device, dtype=args.dtype)
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": question}
+        ]
+        prompt = llm.chat_prompt(messages, params)
+    else:
+        prompt = question
+    color = sys.stdout.isatty()
+    phase, start = None, time.perf_counter()
+    try:
+        for delta in llm.stream(prompt, params):
+            if delta.phase != phase and delta.text:
+                phase = delta.phase
+                print(f"\n[{phase}]", flush=True)
+            if delta.text:
+                dim = color and delta.phase == "thinking"
+                print(f"{DIM if dim else ''}{delta.text}{RESET if dim else ''}", end="", flush=True)
+            output = delta.output
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    num_answer = len(output.token_ids) - output.num_thinking_tokens
+    print(
+        f"\n\n-- thinking tokens: {output.num_thinking_tokens} | answer tokens: {num_answer}"
+        f" | ignores: {output.num_ignores_used} | finish: {output.finish_reason}"
+        f" | {len(output.token_ids) / seconds:.1f} tokens/s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

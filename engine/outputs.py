@@ -1,0 +1,57 @@
+"""What a finished (or streaming) request hands back to the caller."""
+from dataclasses import dataclass
+
+from engine.sequence import Sequence
+from engine.tokenizer import Tokenizer
+
+
+@dataclass(slots=True)
+class Output:
+    request_id: int
+    prompt_token_ids: list[int]
+    token_ids: list[int]  # every token after the prompt, spliced ones included
+    text: str
+    thinking_text: str
+    answer_text: str
+    num_thinking_tokens: int
+    num_ignores_used: int
+    finish_reason: str | None  # "stop", "length", "abort", "error"; None while running
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class StreamDelta:
+    phase: str  # "thinking" or "answer"
+    text: str
+    output: Output | None = None  # set on the last delta, when the request has finished
+
+
+def make_output(seq: Sequence, tokenizer: Tokenizer) -> Output:
+    out = seq.output_ids
+    visible = out[:-1] if isinstance(seq.stop_reason, int) else out  # the stop token is not text
+    budget = seq.budget
+    if budget is None:
+        thinking, answer = [], visible
+    else:
+        end = len(visible) if budget.thinking_end is None else budget.thinking_end
+        thinking = visible[:end]
+        answer = [] if budget.answer_start is None else visible[budget.answer_start :]
+    answer_text = tokenizer.decode(answer)
+    text = tokenizer.decode(visible)
+    if isinstance(seq.stop_reason, str):
+        answer_text = answer_text[: answer_text.find(seq.stop_reason)]
+        text = text[: text.rfind(seq.stop_reason)]
+    return Output(
+        request_id=seq.seq_id,
+        prompt_token_ids=seq.token_ids[: seq.num_prompt_tokens],
+        token_ids=list(out),
+        text=text,
+        thinking_text=tokenizer.decode(thinking),
+        answer_text=answer_text,
+        num_thinking_tokens=0 if budget is None else budget.count,
+        num_ignores_used=0 if budget is None else budget.ignores_used,
+        finish_reason=seq.finish_reason,
+        stop_reason=seq.stop_reason,
+        error=seq.error,
+    )

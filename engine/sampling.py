@@ -1,0 +1,85 @@
+"""SamplingParams and the sampler: logits -> one token per sequence."""
+from dataclasses import dataclass
+
+import torch
+
+from engine.budget import ThinkingBudget
+from engine.tokenizer import THINK_FORMATS
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    budget: ThinkingBudget | None = None
+    think_format: str = "s1"
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if self.think_format not in THINK_FORMATS:
+            raise ValueError(f"unknown think format {self.think_format!r}; choose one of {sorted(THINK_FORMATS)}")
+        if self.budget is not None and not isinstance(self.budget, ThinkingBudget):
+            raise TypeError(f"budget must be a ThinkingBudget, got {type(self.budget).__name__}")
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class Sampler:
+    """Picks one token per row. Rows are independent: each random row draws from its own generator."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size  # ids at or above it are padded embedding rows, never sampled
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        params: list[SamplingParams],
+        generators: list[torch.Generator],
+        masked_ids: list[frozenset[int]],
+    ) -> list[int]:
+        logits = logits[:, : self.vocab_size].float()
+        for row, ids in enumerate(masked_ids):
+            if ids:
+                logits[row, list(ids)] = float("-inf")
+        greedy = logits.argmax(dim=-1).tolist()
+        random_rows = [i for i, p in enumerate(params) if p.temperature > 0]
+        if not random_rows:
+            return greedy
+        probs = _filtered_probs(logits[random_rows], [params[i] for i in random_rows])
+        for row, p in zip(random_rows, probs):
+            greedy[row] = torch.multinomial(p, 1, generator=generators[row]).item()
+        return greedy
+
+
+def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=logits.device)
+    logits = logits / temperature[:, None]
+    if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        vocab = logits.shape[-1]
+        top_k = torch.tensor([p.top_k or vocab for p in params], device=logits.device)
+        ranks = torch.arange(vocab, device=logits.device)
+        sorted_logits = sorted_logits.masked_fill(ranks[None, :] >= top_k[:, None], float("-inf"))
+        top_p = torch.tensor([p.top_p for p in params], dtype=logits.dtype, device=logits.device)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p[:, None], float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits.softmax(dim=-1)

@@ -1,0 +1,101 @@
+"""Continuous batching: chunked prefill under a token budget, batched decode, preemption by recompute."""
+from collections import deque
+from dataclasses import dataclass
+
+from engine.block_manager import BlockManager
+from engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass(slots=True)
+class ScheduledBatch:
+    seqs: list[Sequence]
+    num_tokens: list[int]  # new tokens each sequence forwards this step
+    is_prefill: bool
+
+    @property
+    def sampling(self) -> list[int]:
+        """Indices of the sequences whose every token is computed after this step: they sample."""
+        return [i for i, (s, n) in enumerate(zip(self.seqs, self.num_tokens)) if s.num_uncached_tokens == n]
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> tuple[ScheduledBatch | None, list[Sequence]]:
+        """The next batch, and the sequences that can never fit in the KV pool (to be failed)."""
+        batch, rejected = self._schedule_prefill()
+        if batch is None and self.running:
+            batch = self._schedule_decode()
+        return batch, rejected
+
+    def _schedule_prefill(self) -> tuple[ScheduledBatch | None, list[Sequence]]:
+        seqs, num_tokens, rejected = [], [], []
+        budget = self.max_num_batched_tokens
+        bm = self.block_manager
+        while self.waiting and budget > 0 and len(self.running) + len(seqs) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if len(seq) > bm.num_blocks * bm.block_size:
+                rejected.append(self.waiting.popleft())
+                continue
+            n = min(seq.num_uncached_tokens, budget)
+            if not bm.can_allocate(seq, seq.num_cached_tokens + n):
+                break
+            bm.allocate(seq, seq.num_cached_tokens + n)
+            seqs.append(seq)
+            num_tokens.append(n)
+            budget -= n
+            if n < seq.num_uncached_tokens:
+                break  # the rest of this prompt goes in the next chunk
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+        if not seqs:
+            return None, rejected
+        return ScheduledBatch(seqs, num_tokens, is_prefill=True), rejected
+
+    def _schedule_decode(self) -> ScheduledBatch | None:
+        bm = self.block_manager
+        scheduled = []
+        candidates = list(self.running)
+        while candidates:
+            seq = candidates.pop(0)
+            while not bm.can_allocate(seq, len(seq)) and candidates:
+                self._preempt(candidates.pop())  # the newest gives way
+            if bm.can_allocate(seq, len(seq)):
+                bm.allocate(seq, len(seq))
+                scheduled.append(seq)
+            else:
+                self._preempt(seq)
+        if not scheduled:
+            return None
+        return ScheduledBatch(scheduled, [s.num_uncached_tokens for s in scheduled], is_prefill=False)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.WAITING
+        # behind a prompt that is mid-prefill: it holds blocks, and it must finish to free them
+        mid_prefill = bool(self.waiting) and self.waiting[0].num_cached_tokens > 0
+        self.waiting.insert(1 if mid_prefill else 0, seq)
+        self.num_preemptions += 1
+
+    def finish(self, seq: Sequence) -> None:
+        """Release a sequence wherever it is (running, waiting, or mid-prefill)."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED

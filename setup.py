@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="s1-engine",
+    version="0.1.0",
+    description="Test-time scaling for reasoning models: a paged-KV engine with budget forcing, SFT and curation",
+    python_requires=">=3.10",
+    packages=find_packages(include=["engine*", "kernels*", "train*", "curate*", "benchmarks*"]),
+    install_requires=[
+        "torch>=2.5,<2.15",
+        "triton>=3.0",
+        "transformers>=4.51,<6",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "gguf>=0.10",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "accelerate>=1.0", "matplotlib>=3.8"],
+        "gpu": ["flash-attn>=2.6"],
+    },
+)

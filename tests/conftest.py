@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny random models of every architecture, saved as HF dirs with a real tokenizer."""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from engine.weights import default_model_dir
+
+ARCHITECTURES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+}
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """The default model's tokenizer (49152 ids; <|im_start|>=1, <|im_end|>=2 is EOS)."""
+    out = tmp_path_factory.mktemp("tokenizer")
+    AutoTokenizer.from_pretrained(default_model_dir()).save_pretrained(out)
+    return out
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1.0 + 0.1 * noise if "norm" in name else 0.08 * noise)
+
+
+@pytest.fixture(scope="session")
+def make_model(tmp_path_factory, tokenizer_dir):
+    """make_model(arch, seed=0, end_token=None, **config) -> dir of a tiny random HF model.
+
+    end_token: an id made likely by pointing its lm_head row along the mean final hidden state.
+    """
+    cache: dict[tuple, Path] = {}
+
+    def make(arch: str, seed: int = 0, end_token: int | None = None, **overrides) -> Path:
+        key = (arch, seed, end_token, repr(sorted(overrides.items())))
+        if key in cache:
+            return cache[key]
+        config_cls, model_cls = ARCHITECTURES[arch]
+        config = config_cls(**{"vocab_size": 49152, **TINY, **overrides})
+        torch.manual_seed(seed)
+        model = model_cls(config).float().eval()
+        randomize(model, seed)
+        if end_token is not None:
+            point_head_at_mean_state(model, end_token, seed)
+        out = tmp_path_factory.mktemp(f"{arch}-model")
+        model.save_pretrained(out)
+        for f in tokenizer_dir.iterdir():
+            shutil.copy(f, out / f.name)
+        cache[key] = out
+        return out
+
+    return make
+
+
+def point_head_at_mean_state(model, token: int, seed: int) -> None:
+    """Make `token` likely: its output row along the mean final hidden state over random text."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    ids = torch.randint(3, 49152, (4, 64), generator=gen)
+    with torch.no_grad():
+        hidden = model.model(ids).last_hidden_state.reshape(-1, model.config.hidden_size)
+        mean = hidden.mean(0)
+        logits = model.lm_head(hidden)
+        # scale so the token's logit sits near the top logits: likely but not certain
+        target = logits.max(-1).values.mean()
+        model.lm_head.weight[token] = mean * (target / mean.dot(mean))
