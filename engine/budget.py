@@ -89,13 +89,13 @@ class BudgetState:
         rest = self.tokens.delimiter[_emitted_prefix(sofar, self.tokens.delimiter):]
         start = len(sofar) - (len(self.tokens.delimiter) - len(rest))
         self.count -= len(self.tokens.delimiter) - len(rest)
-        return appended + self._end_thinking(start, list(rest))
+        return appended + self._end_thinking(start, list(rest) + list(self.tokens.final_answer))
 
     def _end_thinking(self, delimiter_start: int, spliced: list[int]) -> list[int]:
         self.phase = Phase.ANSWER
         self.thinking_end = delimiter_start
         self.answer_start = delimiter_start + len(self.tokens.delimiter)
-        return spliced + list(self.tokens.final_answer)
+        return spliced
 
 
 def _emitted_prefix(tokens: list[int], delimiter: tuple[int, ...]) -> int:

@@ -80,7 +80,8 @@ class LLM:
             seq.token_ids.extend(seq.budget.start([]))
         self._next_id += 1
         self._seqs[seq.seq_id] = seq
-        self.scheduler.add(seq)
+        if not self._finish_if_at_length(seq):  # a zero budget can leave nothing to generate
+            self.scheduler.add(seq)
         return seq.seq_id
 
     def _prompt_ids(self, prompt: Prompt) -> list[int]:
@@ -121,6 +122,7 @@ class LLM:
 
     # ---- the loop ----
 
+    @torch.inference_mode()
     def step(self) -> list[Sequence]:
         """One forward over the scheduled batch; returns the sequences it touched."""
         batch, rejected = self.scheduler.schedule()
@@ -156,14 +158,20 @@ class LLM:
             stop = self._stop_string_hit(seq)
             if stop is not None:
                 return self._finish(seq, "stop", stop_reason=stop)
-        budget = seq.budget
+        self._finish_if_at_length(seq)
+
+    def _finish_if_at_length(self, seq: Sequence) -> bool:
+        budget, p = seq.budget, seq.params
         if budget and budget.phase is Phase.ANSWER and p.budget.max_answer_tokens is not None:
             if budget.answer_tokens >= p.budget.max_answer_tokens:
-                return self._finish(seq, "length")
+                self._finish(seq, "length")
+                return True
         limit = min(seq.num_prompt_tokens + p.max_tokens, self.max_model_len)
         if len(seq) >= limit:
             del seq.token_ids[limit:]
             self._finish(seq, "length")
+            return True
+        return False
 
     def _stop_string_hit(self, seq: Sequence) -> str | None:
         stops = seq.params.stop_strings
@@ -207,10 +215,10 @@ class LLM:
         pending = {r for r in request_ids if isinstance(r, int)}
         with tqdm(total=len(pending), desc="generating", unit="req", disable=not use_tqdm or None) as bar:
             while pending:
-                for seq in self.step():
-                    if seq.is_finished and seq.seq_id in pending:
-                        pending.discard(seq.seq_id)
-                        bar.update(1)
+                self.step()
+                done = {r for r in pending if self._seqs[r].is_finished}
+                pending -= done
+                bar.update(len(done))
         return [r if isinstance(r, Output) else make_output(self._seqs.pop(r), self.tokenizer) for r in request_ids]
 
     def chat_prompt(self, messages: list[dict], params: SamplingParams) -> list[int]:

@@ -21,7 +21,6 @@ class ModelRunner:
         per_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim
         return per_token * block_size * torch.empty((), dtype=dtype).element_size()
 
-    @torch.inference_mode()
     def run(self, batch: ScheduledBatch, all_positions: bool = False) -> torch.Tensor:
         """Forward the batch's new tokens; logits [len(batch.sampling), vocab] for the sequences that sample,
         or for every new token with `all_positions` (scoring)."""

@@ -48,21 +48,24 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
 
 @pytest.fixture(scope="session")
 def make_model(tmp_path_factory, tokenizer_dir):
-    """make_model(arch, seed=0, end_token=None, **config) -> dir of a tiny random HF model.
+    """make_model(arch, seed=0, end_token=None, hf_init=False, **config) -> dir of a tiny random HF model.
+
+    Weights are random with unit-ish norms and non-zero biases, or transformers' own init with hf_init.
 
     end_token: an id made likely by pointing its lm_head row along the mean final hidden state.
     """
     cache: dict[tuple, Path] = {}
 
-    def make(arch: str, seed: int = 0, end_token: int | None = None, **overrides) -> Path:
-        key = (arch, seed, end_token, repr(sorted(overrides.items())))
+    def make(arch: str, seed: int = 0, end_token: int | None = None, hf_init: bool = False, **overrides) -> Path:
+        key = (arch, seed, end_token, hf_init, repr(sorted(overrides.items())))
         if key in cache:
             return cache[key]
         config_cls, model_cls = ARCHITECTURES[arch]
         config = config_cls(**{"vocab_size": 49152, **TINY, **overrides})
         torch.manual_seed(seed)
         model = model_cls(config).float().eval()
-        randomize(model, seed)
+        if not hf_init:
+            randomize(model, seed)
         if end_token is not None:
             point_head_at_mean_state(model, end_token, seed)
         out = tmp_path_factory.mktemp(f"{arch}-model")
@@ -75,14 +78,17 @@ def make_model(tmp_path_factory, tokenizer_dir):
     return make
 
 
-def point_head_at_mean_state(model, token: int, seed: int) -> None:
-    """Make `token` likely: its output row along the mean final hidden state over random text."""
+def point_head_at_mean_state(model, token: int, seed: int, rate: float = 0.5) -> None:
+    """Make `token` likely: its output row along the mean final hidden state, scaled so that it is the
+    argmax at about `rate` of the positions of random text (likely, but not certain)."""
     gen = torch.Generator().manual_seed(seed + 1)
     ids = torch.randint(3, 49152, (4, 64), generator=gen)
     with torch.no_grad():
         hidden = model.model(ids).last_hidden_state.reshape(-1, model.config.hidden_size)
         mean = hidden.mean(0)
-        logits = model.lm_head(hidden)
-        # scale so the token's logit sits near the top logits: likely but not certain
-        target = logits.max(-1).values.mean()
-        model.lm_head.weight[token] = mean * (target / mean.dot(mean))
+        model.lm_head.weight[token] = 0
+        best_other = model.lm_head(hidden).max(-1).values
+        along = hidden @ mean / mean.dot(mean)  # the token's logit per unit of scale
+        ratios = (best_other / along).where(along > 0, torch.tensor(float("inf")))
+        scale = ratios.quantile(rate).item()  # above this scale, `rate` of the positions pick the token
+        model.lm_head.weight[token] = mean / mean.dot(mean) * scale * 1.001

@@ -25,7 +25,8 @@ def engine_logits(model_dir: str | Path, token_ids: list[int], block_size: int =
     for start in range(0, len(token_ids), step):
         n = min(step, len(token_ids) - start)
         blocks.allocate(seq, start + n)
-        rows.append(runner.run(ScheduledBatch([seq], [n], is_prefill=True), all_positions=True))
+        with torch.inference_mode():
+            rows.append(runner.run(ScheduledBatch([seq], [n], is_prefill=True), all_positions=True))
         seq.num_cached_tokens += n
     blocks.free(seq)
     return torch.cat(rows)

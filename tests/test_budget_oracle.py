@@ -1,0 +1,59 @@
+"""Budget forcing equals s1's re-prefill reference loop over transformers, token for token (greedy)."""
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from benchmarks.s1_reference import s1_budget_forcing
+from engine import LLM, SamplingParams, ThinkingBudget
+
+END_TOKEN = {"s1": 1, "r1": 9617}  # first token of "<|im_start|>answer\n" and of "</think>\n\n"
+MAX_TOKENS = 96
+
+
+def random_budgets(rng: random.Random, n: int) -> list[ThinkingBudget]:
+    budgets = []
+    for _ in range(n):
+        max_tokens = rng.choice([None, 0, 1, 3, 8, 20, 40])
+        min_tokens = rng.choice([0, 0, 2, 6, 15])
+        if max_tokens is not None:
+            min_tokens = min(min_tokens, max_tokens)
+        budgets.append(
+            ThinkingBudget(
+                min_tokens=min_tokens,
+                max_tokens=max_tokens,
+                num_ignore=rng.choice([0, 1, 2, 4]),
+                ignore_str=rng.choice(["Wait", " Wait, let me check"]),
+                final_answer_str=rng.choice([None, "Final Answer:"]),
+                max_answer_tokens=rng.choice([None, 0, 5]),
+                suppress=rng.random() < 0.3,
+            )
+        )
+    return budgets
+
+
+@pytest.mark.parametrize("think_format", ["s1", "r1"])
+def test_budget_forcing_matches_s1_reference(make_model, think_format):
+    path = make_model("llama", seed=11, end_token=END_TOKEN[think_format], hf_init=True)
+    rng = random.Random(think_format)
+    budgets = random_budgets(rng, 12)
+    prompts = [torch.randint(3, 49152, (rng.randint(3, 40),), generator=torch.Generator().manual_seed(i)).tolist()
+               for i in range(len(budgets))]
+    params = [SamplingParams(max_tokens=MAX_TOKENS, budget=b, think_format=think_format) for b in budgets]
+
+    llm = LLM(model=path, block_size=8, max_num_seqs=16)
+    outputs = llm.generate(prompts, params, use_tqdm=False)  # all settings batched together
+    llm.block_manager.check_all_free()
+
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ignores_seen = caps_seen = 0
+    for prompt, p, out in zip(prompts, params, outputs):
+        tokens = llm._resolve_budget(p)
+        expected = s1_budget_forcing(hf, prompt, p.budget, tokens, llm.tokenizer.eos_token_ids, MAX_TOKENS)
+        assert out.token_ids == expected, f"budget {p.budget}"
+        ignores_seen += out.num_ignores_used
+        caps_seen += p.budget.max_tokens is not None and out.num_thinking_tokens >= p.budget.max_tokens
+    # the settings must actually exercise both forcing directions
+    print(f"ignores spliced: {ignores_seen}, caps hit: {caps_seen}")
+    assert ignores_seen >= 3 and caps_seen >= 3
