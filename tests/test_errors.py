@@ -1,0 +1,121 @@
+"""Bad input gets a clear exception naming the problem; in a batch the others still run."""
+import json
+import shutil
+
+import pytest
+
+from engine import LLM, SamplingParams, ThinkingBudget
+from engine.config import ModelConfig
+
+
+@pytest.fixture(scope="module")
+def llm(make_model):
+    return LLM(model=make_model("llama", max_position_embeddings=64), block_size=8)
+
+
+def test_unknown_architecture(make_model, tmp_path):
+    src = make_model("llama")
+    shutil.copytree(src, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["architectures"] = ["MambaForCausalLM"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unsupported architecture 'MambaForCausalLM'"):
+        LLM(model=tmp_path / "m")
+
+
+def test_missing_dir_config_and_weights(make_model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        LLM(model=tmp_path / "nowhere")
+    shutil.copytree(make_model("llama"), tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no \*.safetensors weights"):
+        LLM(model=tmp_path / "m")
+
+
+def test_corrupt_weights_and_missing_tensor(make_model, tmp_path):
+    shutil.copytree(make_model("llama"), tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: 1000])
+    with pytest.raises(ValueError, match="corrupt weight file .*model.safetensors"):
+        LLM(model=tmp_path / "m")
+    config = ModelConfig.from_dir(make_model("llama"))
+    assert config.num_hidden_layers == 2
+    shutil.copytree(make_model("llama"), tmp_path / "n")
+    raw = json.loads((tmp_path / "n" / "config.json").read_text())
+    raw["num_hidden_layers"] = 3
+    (tmp_path / "n" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="missing tensor 'model.layers.2"):
+        LLM(model=tmp_path / "n")
+
+
+def test_unsupported_rope_scaling():
+    raw = {"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8, "intermediate_size": 8,
+           "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "longrope"}}
+    with pytest.raises(ValueError, match="unsupported rope scaling type 'longrope'"):
+        ModelConfig.from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"min_tokens": 10, "max_tokens": 5}, r"min_tokens \(10\) is above max_tokens \(5\)"),
+        ({"max_tokens": -1}, "max_tokens must be a non-negative integer"),
+        ({"min_tokens": -3}, "min_tokens must be a non-negative integer"),
+        ({"num_ignore": -1}, "num_ignore must be a non-negative integer"),
+        ({"max_answer_tokens": -2}, "max_answer_tokens must be a non-negative integer"),
+    ],
+)
+def test_bad_budgets(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ThinkingBudget(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"temperature": -1.0}, "temperature must be >= 0"),
+        ({"top_p": 0.0}, "top_p must be in"),
+        ({"top_k": -1}, "top_k must be >= 0"),
+        ({"max_tokens": 0}, "max_tokens must be a positive integer"),
+        ({"think_format": "xml"}, "unknown think format 'xml'"),
+    ],
+)
+def test_bad_sampling_params(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)
+
+
+def test_bad_prompts_raise_alone(llm):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        llm.generate("", SamplingParams(max_tokens=4), use_tqdm=False)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        llm.add_request([], SamplingParams(max_tokens=4))
+    with pytest.raises(ValueError, match="prompt has 80 tokens; the context holds 64"):
+        llm.generate([5] * 80, SamplingParams(max_tokens=4), use_tqdm=False)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        llm.generate([5, 10**6], SamplingParams(max_tokens=4), use_tqdm=False)
+    assert not llm.has_unfinished()
+    llm.block_manager.check_all_free()
+
+
+def test_one_bad_request_does_not_stop_the_batch(llm):
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    outs = llm.generate([[5, 6, 7], "", [9] * 80, [11, 12]], params, use_tqdm=False)
+    assert [o.finish_reason for o in outs] == ["length", "error", "error", "length"]
+    assert "empty" in outs[1].error and "context holds 64" in outs[2].error
+    assert len(outs[0].token_ids) == 6 and len(outs[3].token_ids) == 6
+    llm.block_manager.check_all_free()
+
+
+def test_generation_stops_at_the_context_end(llm):
+    out = llm.generate([5] * 60, SamplingParams(max_tokens=50, ignore_eos=True), use_tqdm=False)[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 4
+    llm.block_manager.check_all_free()
+
+
+def test_aborted_stream_frees_its_blocks(llm):
+    stream = llm.stream([5, 6, 7], SamplingParams(max_tokens=30, ignore_eos=True))
+    next(stream)
+    stream.close()
+    assert not llm.has_unfinished()
+    llm.block_manager.check_all_free()

@@ -1,0 +1,79 @@
+"""Sampling: per-request seeds, top-k / top-p, padded vocab, stops, streaming."""
+import torch
+
+from engine import LLM, SamplingParams
+from engine.sampling import Sampler
+from tests.engine_logits import engine_logits
+
+
+def test_seeded_tokens_do_not_depend_on_the_batch(make_model):
+    llm = LLM(model=make_model("qwen3", seed=8), block_size=8)
+    params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, max_tokens=20, seed=1234, ignore_eos=True)
+    alone = llm.generate([3, 4, 5], params, use_tqdm=False)[0].token_ids
+    others = [SamplingParams(temperature=0.7, max_tokens=n, seed=n, ignore_eos=True) for n in (5, 30, 12)]
+    batch = llm.generate([[9, 9], [3, 4, 5], [7] * 20, [8]], [others[0], params, others[1], others[2]], use_tqdm=False)
+    assert batch[1].token_ids == alone
+    reseeded = llm.generate([3, 4, 5], SamplingParams(**{**params.__dict__, "seed": 99}), use_tqdm=False)[0]
+    assert reseeded.token_ids != alone
+
+
+def test_top_k_and_top_p_keep_only_allowed_tokens():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 100, generator=gen) * 3
+    sampler = Sampler(vocab_size=100)
+    gens = [torch.Generator().manual_seed(i) for i in range(4)]
+    top_k = SamplingParams(temperature=1.0, top_k=3)
+    top_p = SamplingParams(temperature=1.0, top_p=0.5)
+    for _ in range(50):
+        tokens = sampler(logits.clone(), [top_k, top_k, top_p, top_p], gens, [frozenset()] * 4)
+        for row in (0, 1):
+            assert tokens[row] in logits[row].topk(3).indices.tolist()
+        for row in (2, 3):
+            probs = logits[row].softmax(-1)
+            order = probs.argsort(descending=True)
+            nucleus = order[: int((probs[order].cumsum(0) < 0.5).sum()) + 1].tolist()
+            assert tokens[row] in nucleus
+
+
+def test_padded_vocab_ids_are_never_sampled(make_model):
+    path = make_model("llama", seed=9, vocab_size=49152 + 40)  # 40 padded embedding rows
+    logits = engine_logits(path, [5, 6, 7])
+    assert logits.shape[-1] == 49192
+    llm = LLM(model=path)
+    # make padded rows win every argmax: masked, they must still never come out
+    head = llm.runner.model.lm_head.weight
+    head[49152:] = head[:49152].abs().max() * 50
+    outs = llm.generate([[5, 6, 7]] * 4, [SamplingParams(max_tokens=10, ignore_eos=True),
+                                          SamplingParams(temperature=2.0, max_tokens=10, seed=1, ignore_eos=True)] * 2,
+                        use_tqdm=False)
+    assert all(t < 49152 for o in outs for t in o.token_ids)
+
+
+def test_stop_token_ids_stop_strings_and_eos(make_model):
+    llm = LLM(model=make_model("llama", seed=10))
+    free = llm.generate([5, 6, 7], SamplingParams(max_tokens=30, ignore_eos=True), use_tqdm=False)[0]
+    stop_id = free.token_ids[5]
+    by_id = llm.generate([5, 6, 7], SamplingParams(max_tokens=30, stop_token_ids=(stop_id,)), use_tqdm=False)[0]
+    first = free.token_ids.index(stop_id)
+    assert by_id.token_ids == free.token_ids[: first + 1]
+    assert by_id.finish_reason == "stop" and by_id.stop_reason == stop_id
+    stop_str = llm.tokenizer.decode(free.token_ids[8:10])
+    by_str = llm.generate([5, 6, 7], SamplingParams(max_tokens=30, stop=[stop_str]), use_tqdm=False)[0]
+    assert by_str.finish_reason == "stop" and by_str.stop_reason == stop_str
+    assert stop_str not in by_str.text and free.text.startswith(by_str.text)
+    assert len(by_str.token_ids) <= 10
+
+
+def test_stream_text_equals_generate_text(make_model):
+    from engine.budget import ThinkingBudget
+
+    llm = LLM(model=make_model("llama", seed=11, end_token=1, hf_init=True))
+    params = SamplingParams(max_tokens=40, budget=ThinkingBudget(max_tokens=12, num_ignore=1, final_answer_str="Final Answer:"))
+    expected = llm.generate([5, 6, 7], params, use_tqdm=False)[0]
+    deltas = list(llm.stream([5, 6, 7], params))
+    thinking = "".join(d.text for d in deltas if d.phase == "thinking")
+    answer = "".join(d.text for d in deltas if d.phase == "answer")
+    assert (thinking, answer) == (expected.thinking_text, expected.answer_text)
+    assert deltas[-1].output.token_ids == expected.token_ids
+    assert expected.answer_text.startswith("Final Answer:")
+    llm.block_manager.check_all_free()
