@@ -19,37 +19,36 @@ class AttentionMetadata:
     # decode steps only: where each flat token sits in the padded [B, max_q] query, and the mask
     batch_index: torch.Tensor | None = None
     query_index: torch.Tensor | None = None
-    attn_mask: torch.Tensor | None = None  # [B, 1, max_q, max_ctx] True where attention is allowed
+    attn_mask: torch.Tensor | None = None  # [B, 1, max_q, max_ctx] additive: 0 where allowed, -inf elsewhere
 
 
-def paged_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-) -> torch.Tensor:
-    """Write the new k/v into the cache, then attend. q: [T, H, D]; k, v: [T, KV, D]; caches: [N, bs, KV, D]."""
-    num_kv_heads, head_dim = k.shape[1], k.shape[2]
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+def paged_attention(q: torch.Tensor, kv: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    """Write the new keys/values into the cache, then attend.
+
+    q: [T, H, D]; kv: [T, 2, KV, D] (keys then values); kv_cache: [N, bs, 2, KV, D]. Returns [T, H, D].
+    """
+    kv_cache.view(-1, *kv_cache.shape[2:]).index_copy_(0, meta.slot_mapping, kv)
     if meta.is_prefill:
-        return _prefill_attention(q, k, v, k_cache, v_cache, meta)
-    return _decode_attention(q, k_cache, v_cache, meta)
+        return _prefill_attention(q, kv, kv_cache, meta)
+    return _decode_attention(q, kv_cache, meta)
 
 
-def _prefill_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
+def _gather(kv_cache: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of the given blocks, each [len(blocks) * bs, KV, D] (views of one gathered copy)."""
+    kv = kv_cache.index_select(0, blocks).flatten(0, 1)
+    return kv[:, 0], kv[:, 1]
+
+
+def _prefill_attention(q, kv, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
     out = torch.empty_like(q)
-    block_size = k_cache.shape[1]
+    block_size = kv_cache.shape[1]
     for i, (q_len, ctx_len) in enumerate(zip(meta.query_lens, meta.context_lens)):
         start, end = meta.cu_seqlens_q[i], meta.cu_seqlens_q[i + 1]
         if ctx_len == q_len:  # nothing cached before: attend to the fresh k/v
-            keys, values, mask = k[start:end], v[start:end], None
+            keys, values, mask = kv[start:end, 0], kv[start:end, 1], None
         else:
-            blocks = meta.block_tables[i, : -(-ctx_len // block_size)]
-            keys = k_cache.index_select(0, blocks).flatten(0, 1)[:ctx_len]
-            values = v_cache.index_select(0, blocks).flatten(0, 1)[:ctx_len]
+            keys, values = _gather(kv_cache, meta.block_tables[i, : -(-ctx_len // block_size)])
+            keys, values = keys[:ctx_len], values[:ctx_len]
             mask = torch.ones(q_len, ctx_len, dtype=torch.bool, device=q.device).tril(ctx_len - q_len)
         o = F.scaled_dot_product_attention(
             q[start:end].transpose(0, 1),
@@ -63,16 +62,16 @@ def _prefill_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata) -> to
     return out
 
 
-def _decode_attention(q, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
+def _decode_attention(q, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
     num_seqs, max_q = meta.attn_mask.shape[0], meta.attn_mask.shape[2]
     if max_q == 1:
         q_pad = q.unsqueeze(1)
     else:
         q_pad = q.new_zeros(num_seqs, max_q, *q.shape[1:])
         q_pad[meta.batch_index, meta.query_index] = q
-    flat_tables = meta.block_tables.view(-1)
-    keys = k_cache.index_select(0, flat_tables).view(num_seqs, -1, *k_cache.shape[2:])  # [B, max_ctx, KV, D]
-    values = v_cache.index_select(0, flat_tables).view(num_seqs, -1, *v_cache.shape[2:])
+    keys, values = _gather(kv_cache, meta.block_tables.view(-1))
+    keys = keys.view(num_seqs, -1, *keys.shape[1:])  # [B, max_ctx, KV, D]
+    values = values.view(num_seqs, -1, *values.shape[1:])
     o = F.scaled_dot_product_attention(
         q_pad.transpose(1, 2),
         keys.transpose(1, 2),

@@ -8,15 +8,27 @@ from engine.config import ModelConfig
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(x.dtype)
+    return F.rms_norm(x, weight.shape, weight, eps)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, heads, D]; cos, sin: [T, 1, D] (half-split layout, as HF)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+def apply_rope_(x: torch.Tensor, freqs: torch.Tensor) -> None:
+    """Rotate x in place. x: [T, heads, D] with each head's dims interleaved in pairs; freqs: [T, 1, D/2] complex."""
+    if x.dtype in (torch.float32, torch.float64):
+        torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(freqs)
+    else:  # no complex type for half precisions
+        x.copy_(torch.view_as_real(torch.view_as_complex(x.float().unflatten(-1, (-1, 2))) * freqs).flatten(-2))
+
+
+def interleave_rotary_rows(w: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Reorder each head's rows from HF's half-split rotary layout to interleaved pairs (0, D/2, 1, D/2+1, ...).
+
+    q and k get the same order, so q.k is unchanged; it lets rotary be one complex multiply.
+    """
+    return w.unflatten(0, (num_heads, 2, -1)).transpose(1, 2).reshape(w.shape)
+
+
+def _param(*shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape), requires_grad=False)
 
 
 class DecoderLayer(nn.Module):
@@ -24,31 +36,34 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.cfg = cfg
         q_size, kv_size = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-        self.split = (q_size, kv_size, kv_size)
-        self.input_norm = nn.Parameter(torch.empty(cfg.hidden_size), requires_grad=False)
-        self.qkv = nn.Linear(cfg.hidden_size, q_size + 2 * kv_size, bias=cfg.attention_bias)
-        self.q_norm = nn.Parameter(torch.empty(cfg.head_dim), requires_grad=False) if cfg.qk_norm else None
-        self.k_norm = nn.Parameter(torch.empty(cfg.head_dim), requires_grad=False) if cfg.qk_norm else None
-        self.o_proj = nn.Linear(q_size, cfg.hidden_size, bias=False)
-        self.post_attention_norm = nn.Parameter(torch.empty(cfg.hidden_size), requires_grad=False)
-        self.gate_up = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        # plain parameters, not nn.Linear submodules: a module call costs more than a small decode matmul
+        self.input_norm = _param(cfg.hidden_size)
+        self.qkv_weight = _param(q_size + 2 * kv_size, cfg.hidden_size)
+        self.qkv_bias = _param(q_size + 2 * kv_size) if cfg.attention_bias else None
+        self.q_norm = _param(cfg.head_dim) if cfg.qk_norm else None
+        self.k_norm = _param(cfg.head_dim) if cfg.qk_norm else None
+        self.o_proj_weight = _param(cfg.hidden_size, q_size)
+        self.post_attention_norm = _param(cfg.hidden_size)
+        self.gate_up_weight = _param(2 * cfg.intermediate_size, cfg.hidden_size)
+        self.down_weight = _param(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, x, freqs, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         cfg = self.cfg
         num_tokens = x.shape[0]
-        q, k, v = self.qkv(rms_norm(x, self.input_norm, cfg.rms_norm_eps)).split(self.split, dim=-1)
-        q = q.view(num_tokens, cfg.num_attention_heads, cfg.head_dim)
-        k = k.view(num_tokens, cfg.num_key_value_heads, cfg.head_dim)
-        v = v.view(num_tokens, cfg.num_key_value_heads, cfg.head_dim)
+        heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        qkv = F.linear(rms_norm(x, self.input_norm, cfg.rms_norm_eps), self.qkv_weight, self.qkv_bias)
+        qkv = qkv.view(num_tokens, heads + 2 * kv_heads, cfg.head_dim)
         if self.q_norm is not None:
-            q = rms_norm(q, self.q_norm, cfg.rms_norm_eps)
-            k = rms_norm(k, self.k_norm, cfg.rms_norm_eps)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        attn = paged_attention(q, k, v, k_cache, v_cache, meta)
-        x = x + self.o_proj(attn.reshape(num_tokens, -1))
-        gate, up = self.gate_up(rms_norm(x, self.post_attention_norm, cfg.rms_norm_eps)).chunk(2, dim=-1)
-        return x + self.down(F.silu(gate) * up)
+            qkv[:, :heads] = rms_norm(qkv[:, :heads], self.q_norm, cfg.rms_norm_eps)
+            qkv[:, heads : heads + kv_heads] = rms_norm(qkv[:, heads : heads + kv_heads], self.k_norm, cfg.rms_norm_eps)
+        apply_rope_(qkv[:, : heads + kv_heads], freqs)  # q and k are adjacent heads: rotate both at once
+        kv = qkv[:, heads:].view(num_tokens, 2, kv_heads, cfg.head_dim)
+        attn = paged_attention(qkv[:, :heads], kv, kv_cache, meta)
+        # fewer ops per layer is what counts on CPU: addmm folds the residual add into the matmul
+        x = torch.addmm(x, attn.reshape(num_tokens, -1), self.o_proj_weight.t())
+        h = rms_norm(x, self.post_attention_norm, cfg.rms_norm_eps)
+        gate, up = F.linear(h, self.gate_up_weight).chunk(2, dim=-1)
+        return torch.addmm(x, F.silu(gate) * up, self.down_weight.t())
 
 
 class DecoderModel(nn.Module):
@@ -63,9 +78,7 @@ class DecoderModel(nn.Module):
         inv_freq = torch.tensor(cfg.rope_inv_freq(), dtype=torch.float64, device="cpu")
         positions = torch.arange(cfg.max_position_embeddings, dtype=torch.float64, device="cpu")
         angles = torch.outer(positions, inv_freq)
-        angles = torch.cat((angles, angles), dim=-1).float()
-        self.register_buffer("rope_cos", angles.cos(), persistent=False)
-        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        self.register_buffer("rope_freqs", torch.polar(torch.ones_like(angles), angles).to(torch.complex64), persistent=False)
         self.requires_grad_(False)
 
     def forward(
@@ -75,12 +88,11 @@ class DecoderModel(nn.Module):
         kv_cache: torch.Tensor,
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
-        """Logits [len(logits_indices), vocab] for the chosen flat positions. kv_cache: [L, 2, N, bs, KV, D]."""
+        """Logits [len(logits_indices), vocab] for the chosen flat positions. kv_cache: [L, N, bs, 2, KV, D]."""
         x = self.embed_tokens(input_ids)
-        cos = self.rope_cos[meta.positions].to(x.dtype).unsqueeze(1)
-        sin = self.rope_sin[meta.positions].to(x.dtype).unsqueeze(1)
+        freqs = self.rope_freqs[meta.positions].unsqueeze(1)
         for layer, cache in zip(self.layers, kv_cache):
-            x = layer(x, cos, sin, cache[0], cache[1], meta)
+            x = layer.forward(x, freqs, cache, meta)
         x = rms_norm(x[logits_indices], self.norm, self.cfg.rms_norm_eps)
         head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(x, head).float()
@@ -113,6 +125,11 @@ def _fused_state_dict(cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> dic
     def cat(*names: str) -> torch.Tensor:
         return torch.cat([take(n) for n in names], dim=0)
 
+    def rotary(name: str, num_heads: int) -> torch.Tensor:
+        return interleave_rotary_rows(take(name), num_heads)
+
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+
     state = {"embed_tokens.weight": take("model.embed_tokens.weight"), "norm": take("model.norm.weight")}
     if not cfg.tie_word_embeddings:
         state["lm_head.weight"] = take("lm_head.weight")
@@ -120,13 +137,13 @@ def _fused_state_dict(cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> dic
         p, a, out = f"model.layers.{i}.", f"model.layers.{i}.self_attn.", f"layers.{i}."
         state[out + "input_norm"] = take(p + "input_layernorm.weight")
         state[out + "post_attention_norm"] = take(p + "post_attention_layernorm.weight")
-        state[out + "qkv.weight"] = cat(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight")
-        if cfg.attention_bias:
-            state[out + "qkv.bias"] = cat(a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias")
+        for kind in ("weight", "bias") if cfg.attention_bias else ("weight",):
+            q, k = rotary(f"{a}q_proj.{kind}", heads), rotary(f"{a}k_proj.{kind}", kv_heads)
+            state[f"{out}qkv_{kind}"] = torch.cat((q, k, take(f"{a}v_proj.{kind}")), dim=0)
         if cfg.qk_norm:
-            state[out + "q_norm"] = take(a + "q_norm.weight")
-            state[out + "k_norm"] = take(a + "k_norm.weight")
-        state[out + "o_proj.weight"] = take(a + "o_proj.weight")
-        state[out + "gate_up.weight"] = cat(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")
-        state[out + "down.weight"] = take(p + "mlp.down_proj.weight")
+            state[out + "q_norm"] = rotary(a + "q_norm.weight", 1)
+            state[out + "k_norm"] = rotary(a + "k_norm.weight", 1)
+        state[out + "o_proj_weight"] = take(a + "o_proj.weight")
+        state[out + "gate_up_weight"] = cat(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")
+        state[out + "down_weight"] = take(p + "mlp.down_proj.weight")
     return state

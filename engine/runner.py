@@ -13,7 +13,7 @@ class ModelRunner:
         self.block_size = block_size
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        shape = (cfg.num_hidden_layers, 2, num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim)
+        shape = (cfg.num_hidden_layers, num_blocks, block_size, 2, cfg.num_key_value_heads, cfg.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     @staticmethod
@@ -63,7 +63,8 @@ class ModelRunner:
         # query i of a sequence sees keys up to its own position; padded query rows see every real key
         last_key = torch.minimum(ctx_lens[:, None] - q_lens[:, None] + q_pos[None, :], ctx_lens[:, None] - 1)
         mask = torch.arange(max_ctx)[None, None, :] <= last_key[:, :, None]
-        meta.attn_mask = mask.unsqueeze(1).to(self.device)
+        additive = torch.zeros(mask.shape, dtype=self.dtype).masked_fill_(~mask, float("-inf"))
+        meta.attn_mask = additive.unsqueeze(1).to(self.device)
         if max_q > 1:
             meta.batch_index = self._tensor([b for b, n in enumerate(meta.query_lens) for _ in range(n)])
             meta.query_index = self._tensor([i for n in meta.query_lens for i in range(n)])
