@@ -50,15 +50,15 @@ def _prefill_attention(q, kv, kv_cache, meta: AttentionMetadata) -> torch.Tensor
             keys, values = _gather(kv_cache, meta.block_tables[i, : -(-ctx_len // block_size)])
             keys, values = keys[:ctx_len], values[:ctx_len]
             mask = torch.ones(q_len, ctx_len, dtype=torch.bool, device=q.device).tril(ctx_len - q_len)
-        o = F.scaled_dot_product_attention(
-            q[start:end].transpose(0, 1),
-            keys.transpose(0, 1),
-            values.transpose(0, 1),
+        o = F.scaled_dot_product_attention(  # 4-D inputs: 3-D ones fall back to the slow math kernel
+            q[None, start:end].transpose(1, 2),
+            keys[None].transpose(1, 2),
+            values[None].transpose(1, 2),
             attn_mask=mask,
             is_causal=mask is None,
             enable_gqa=True,
         )
-        out[start:end] = o.transpose(0, 1)
+        out[start:end] = o[0].transpose(0, 1)
     return out
 
 
