@@ -7,7 +7,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["engine*", "kernels*", "train*", "curate*", "benchmarks*"]),
     install_requires=[
-        "torch>=2.5,<2.15",
+        "torch>=2.8,<2.15",
         "triton>=3.0",
         "transformers>=4.51,<6",
         "safetensors>=0.4",

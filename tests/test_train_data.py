@@ -1,0 +1,161 @@
+"""train.data: the loss mask covers exactly the assistant's tokens; packing; data order; bad input."""
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from engine.tokenizer import get_think_format
+from tests.train_helpers import sft_args, synthetic_records, write_jsonl
+from train.data import (
+    Sample,
+    collate,
+    load_dataset,
+    micro_batches_of_rank,
+    pack_rows,
+    plan_epoch,
+    tokenize_record,
+)
+from train.sft import loss_sum, main, parse_args, prepare
+
+QUESTION, THINKING, ANSWER = "What is 2+2?", "Two plus two makes four.", "The answer is 4."
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def masked_and_unmasked(sample: Sample) -> tuple[list[int], list[int]]:
+    masked = [t for t, m in zip(sample.input_ids, sample.loss_mask) if m]
+    unmasked = [t for t, m in zip(sample.input_ids, sample.loss_mask) if not m]
+    return masked, unmasked
+
+
+@pytest.mark.parametrize("format_name", ["s1", "r1"])
+def test_loss_mask_is_exactly_the_assistant_turn(tokenizer, format_name):
+    think_format = get_think_format(format_name)
+    assistant = think_format.render(THINKING, ANSWER) + "<|im_end|>"
+    records = [
+        {"question": QUESTION, "thinking": THINKING, "answer": ANSWER},
+        {"messages": [{"role": "user", "content": QUESTION},
+                      {"role": "assistant", "thinking": THINKING, "content": ANSWER}]},
+        {"messages": [{"role": "user", "content": QUESTION},
+                      {"role": "assistant", "content": think_format.render(THINKING, ANSWER)}]},
+    ]
+    samples = [tokenize_record(r, tokenizer, think_format) for r in records]
+    assert samples[0] == samples[1] == samples[2]
+    masked, unmasked = masked_and_unmasked(samples[0])
+    assert masked == tokenizer.encode(assistant, add_special_tokens=False)  # token by token, end-of-turn included
+    assert tokenizer.decode(masked) == assistant
+    prompt = tokenizer.decode(unmasked)  # everything else: the template's header and the newline after the turn
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith(f"{QUESTION}<|im_end|>\n"
+                                                                          "<|im_start|>assistant\n\n")
+    assert tokenizer.decode(samples[0].input_ids).endswith(assistant + "\n")
+
+
+def test_every_assistant_turn_is_masked_in_and_nothing_else(tokenizer):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "thinking": THINKING, "content": ANSWER},
+    ]
+    sample = tokenize_record({"messages": messages}, tokenizer, get_think_format("s1"))
+    masked, _ = masked_and_unmasked(sample)
+    expected = "Hello!<|im_end|>" + get_think_format("s1").render(THINKING, ANSWER) + "<|im_end|>"
+    assert tokenizer.decode(masked) == expected
+    assert "Be brief" not in tokenizer.decode(masked) and "Hi" not in tokenizer.decode(masked)
+
+
+def test_text_record_trains_on_every_token_but_the_first(tokenizer):
+    sample = tokenize_record({"text": "plain language modelling text"}, tokenizer, get_think_format("s1"))
+    assert sample.loss_mask == [False] + [True] * (len(sample) - 1)
+
+
+def test_truncation_is_counted(tokenizer, tmp_path):
+    records = synthetic_records(6)
+    lengths = [len(tokenize_record(r, tokenizer, get_think_format("s1"))) for r in records]
+    block_size = sorted(lengths)[3]
+    dataset = load_dataset(write_jsonl(tmp_path / "d.jsonl", records), tokenizer, get_think_format("s1"), block_size)
+    assert dataset.num_truncated == sum(n > block_size for n in lengths) > 0
+    assert max(len(s) for s in dataset.samples) == block_size
+
+
+def test_packed_loss_equals_unpacked(make_model, tokenizer, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(make_model("llama", seed=3, tie_word_embeddings=True)).float()
+    samples = load_dataset(write_jsonl(tmp_path / "d.jsonl", synthetic_records(5)), tokenizer,
+                           get_think_format("s1"), 1024).samples
+    rows = pack_rows(list(range(5)), [len(s) for s in samples], block_size=1024)
+    assert rows == [[0, 1, 2, 3, 4]]
+    packed = collate(rows, samples, tokenizer.pad_token_id)
+    assert packed.position_ids[0].tolist() == [p for s in samples for p in range(len(s))]
+    with torch.no_grad():
+        packed_loss = loss_sum(model, packed)
+        separate = sum(loss_sum(model, collate([[i]], samples, tokenizer.pad_token_id)) for i in range(5))
+        padded = loss_sum(model, collate([[0], [1, 2], [3]], samples, tokenizer.pad_token_id))  # padding, 2 rows
+        separate_first4 = sum(loss_sum(model, collate([[i]], samples, tokenizer.pad_token_id)) for i in range(4))
+    torch.testing.assert_close(packed_loss, separate, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(padded, separate_first4, rtol=1e-5, atol=1e-4)
+    assert packed.num_targets == sum(sum(s.loss_mask) for s in samples)
+
+
+def test_data_order_depends_on_seed_and_epoch_only():
+    lengths = [10] * 20
+    plan = plan_epoch(lengths, epoch=1, seed=7, global_batch_size=8, block_size=64, pack=False)
+    assert plan == plan_epoch(lengths, epoch=1, seed=7, global_batch_size=8, block_size=64, pack=False)
+    assert plan != plan_epoch(lengths, epoch=2, seed=7, global_batch_size=8, block_size=64, pack=False)
+    assert len(plan) == 2  # 20 rows make two full batches of 8; the rest is dropped
+    for rows in plan:
+        for world_size, micro in [(1, 8), (2, 2), (4, 1), (8, 1)]:
+            shards = [micro_batches_of_rank(rows, r, world_size, micro) for r in range(world_size)]
+            assert [row for shard in shards for mb in shard for row in mb] == rows
+            assert len({len(shard) for shard in shards}) == 1  # every rank runs the same number of micro-batches
+    packed = plan_epoch(lengths, epoch=0, seed=7, global_batch_size=2, block_size=35, pack=True)
+    assert all(len(row) == 3 for rows in packed for row in rows)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "training data .*d.jsonl does not exist"),
+    ("nothing_to_train", r"d.jsonl:1: the sample has no token to train on"),
+    ("empty", "the training set is empty"),
+    ("no_assistant", r"d.jsonl:3: the conversation has no assistant turn"),
+    ("bad_json", "d.jsonl:2: not valid JSON"),
+    ("unknown_shape", r"d.jsonl:1: unknown record shape"),
+    ("prompt_too_long", r"d.jsonl:1: its prompt is \d+ tokens, so block size 20 cuts off every assistant token"),
+    ("too_few_samples", "do not fill one global batch of 64"),
+    ("batch_not_divisible", "--global-batch-size 4 is not a multiple of world size 1 x --micro-batch-size 3"),
+])
+def test_bad_input_is_rejected_before_training(make_model, tmp_path, case, message):
+    model = make_model("llama", tie_word_embeddings=True)
+    good = {"question": "q?", "thinking": "t", "answer": "a"}
+    lines = {
+        "empty": "\n",
+        "no_assistant": json.dumps(good) + '\n\n{"messages": [{"role": "user", "content": "hi"}]}\n',
+        "bad_json": '{"text": "ok"}\n{"text": \n',
+        "nothing_to_train": '{"text": "hi"}\n',
+        "unknown_shape": '{"prompt": "hi", "completion": "there"}\n',
+        "prompt_too_long": '{"question": "' + "long " * 40 + '", "thinking": "t", "answer": "a"}\n',
+    }
+    data = tmp_path / "d.jsonl"
+    if case in lines:
+        data.write_text(lines[case])
+    elif case != "missing":
+        write_jsonl(data, [good] * 8)
+    flags = {"block_size": 20 if case == "prompt_too_long" else 128,
+             "global_batch_size": 64 if case == "too_few_samples" else 4,
+             "micro_batch_size": 3 if case == "batch_not_divisible" else 1}
+    args = sft_args(model, data, tmp_path / "out", **flags)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        prepare(parse_args(args), world_size=1)
+
+
+def test_cli_reports_bad_input_and_trains_nothing(make_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    code = main(sft_args(make_model("llama", tie_word_embeddings=True), data, tmp_path / "out"))
+    assert code == 2
+    assert "d.jsonl:1: the conversation has no assistant turn" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    code = main(sft_args(tmp_path / "no-model", data, tmp_path / "out"))
+    assert code == 2 and "no config.json in model dir" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Lean FSDP2 SFT loop: torchrun -m train.sft (see train/sft.py)."""

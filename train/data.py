@@ -1,0 +1,200 @@
+"""SFT data: JSONL records -> token ids + loss mask (assistant tokens only) -> packed rows -> micro-batches."""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from engine.tokenizer import CHATML_TEMPLATE, ThinkFormat
+
+
+class DataError(ValueError):
+    """Bad training data; the message names the file and line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    input_ids: list[int]
+    loss_mask: list[bool]  # True where the token is a target: assistant thinking, answer and end-of-turn
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    samples: list[Sample]
+    num_truncated: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    input_ids: torch.Tensor  # [B, T], right-padded
+    position_ids: torch.Tensor  # [B, T], restarting at 0 for each packed sample
+    loss_mask: torch.Tensor  # [B, T] bool, False on padding
+    num_tokens: int  # real (non-padding) tokens
+
+    @property
+    def num_targets(self) -> int:
+        return int(self.loss_mask.sum())
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.position_ids.to(device), self.loss_mask.to(device),
+                     self.num_tokens)
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, record) for every non-blank line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training data {path} does not exist")
+    records = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{line_no}: not valid JSON: {e}") from e
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+        records.append((line_no, record))
+    if not records:
+        raise DataError(f"{path}: no records; the training set is empty")
+    return records
+
+
+def record_to_messages(record: dict, think_format: ThinkFormat) -> list[dict]:
+    """Chat messages of a `messages` record or an s1K-style {question, thinking, answer} record."""
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise DataError("'messages' must be a list of {role, content} objects")
+        return [_render_message(m, think_format) for m in messages]
+    if {"question", "thinking", "answer"} <= record.keys():
+        return [
+            {"role": "user", "content": record["question"]},
+            {"role": "assistant", "content": think_format.render(record["thinking"], record["answer"])},
+        ]
+    raise DataError(f"unknown record shape with keys {sorted(record)}; expected 'messages', 'text', or "
+                    "'question' + 'thinking' + 'answer'")
+
+
+def _render_message(message: dict, think_format: ThinkFormat) -> dict:
+    if not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+        raise DataError(f"each message needs string 'role' and 'content', got {message!r:.200}")
+    if message["role"] == "assistant" and "thinking" in message:
+        return {"role": "assistant", "content": think_format.render(message["thinking"], message["content"])}
+    return {"role": message["role"], "content": message["content"]}
+
+
+def tokenize_chat(messages: list[dict], tokenizer: PreTrainedTokenizerBase) -> Sample:
+    """Token ids of the templated chat; the mask covers each assistant content plus its end-of-turn token."""
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError("the conversation has no assistant turn, so nothing to train on")
+    template = tokenizer.chat_template or CHATML_TEMPLATE
+    end_of_turn = tokenizer.eos_token
+    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(
+            messages[:i], chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+        start = len(prompt)
+        if not text.startswith(prompt) or not text.startswith(message["content"], start):
+            raise DataError(f"the chat template does not render assistant turn {i} verbatim after its prompt; "
+                            "cannot find the tokens to train on")
+        end = start + len(message["content"])
+        if not text.startswith(end_of_turn, end):
+            raise DataError(f"the chat template does not close assistant turn {i} with the EOS token {end_of_turn!r}")
+        spans.append((start, end + len(end_of_turn)))
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    # A token is a target when it begins inside an assistant span (offsets come from the fast tokenizer).
+    loss_mask = [any(s <= begin < e for s, e in spans) for begin, _ in encoding["offset_mapping"]]
+    return Sample(list(encoding["input_ids"]), loss_mask)
+
+
+def tokenize_text(text: str, tokenizer: PreTrainedTokenizerBase) -> Sample:
+    input_ids = tokenizer(text)["input_ids"]
+    return Sample(list(input_ids), [False] + [True] * (len(input_ids) - 1))
+
+
+def tokenize_record(record: dict, tokenizer: PreTrainedTokenizerBase, think_format: ThinkFormat) -> Sample:
+    if "text" in record and "messages" not in record:
+        if not isinstance(record["text"], str) or not record["text"]:
+            raise DataError("'text' must be a non-empty string")
+        return tokenize_text(record["text"], tokenizer)
+    return tokenize_chat(record_to_messages(record, think_format), tokenizer)
+
+
+def load_dataset(path: str | Path, tokenizer: PreTrainedTokenizerBase, think_format: ThinkFormat,
+                 block_size: int) -> Dataset:
+    """Tokenize every record, truncating to `block_size`; any bad record raises before training starts."""
+    if not tokenizer.is_fast:
+        raise DataError("a fast tokenizer (tokenizer.json) is needed for the assistant-token offsets")
+    samples, num_truncated = [], 0
+    for line_no, record in read_jsonl(path):
+        try:
+            sample = tokenize_record(record, tokenizer, think_format)
+        except DataError as e:
+            raise DataError(f"{path}:{line_no}: {e}") from e
+        if not any(sample.loss_mask):
+            raise DataError(f"{path}:{line_no}: the sample has no token to train on")
+        if len(sample) > block_size:
+            if not any(sample.loss_mask[:block_size]):
+                raise DataError(f"{path}:{line_no}: its prompt is {sample.loss_mask.index(True)} tokens, so block "
+                                f"size {block_size} cuts off every assistant token; raise --block-size")
+            num_truncated += 1
+            sample = Sample(sample.input_ids[:block_size], sample.loss_mask[:block_size])
+        samples.append(sample)
+    return Dataset(samples, num_truncated)
+
+
+def pack_rows(order: list[int], lengths: list[int], block_size: int) -> list[list[int]]:
+    """Greedy packing in the given order: a sample joins the current row if it fits, else starts a new row."""
+    rows: list[list[int]] = []
+    row_len = block_size
+    for i in order:
+        if row_len + lengths[i] > block_size:
+            rows.append([])
+            row_len = 0
+        rows[-1].append(i)
+        row_len += lengths[i]
+    return rows
+
+
+def plan_epoch(lengths: list[int], epoch: int, seed: int, global_batch_size: int, block_size: int,
+               pack: bool) -> list[list[list[int]]]:
+    """The epoch's global batches (rows of sample indices), a function of seed and epoch only, never of the
+    world size; a last partial batch is dropped."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(lengths)).tolist()
+    rows = pack_rows(order, lengths, block_size) if pack else [[i] for i in order]
+    return [rows[b:b + global_batch_size] for b in range(0, len(rows) - global_batch_size + 1, global_batch_size)]
+
+
+def micro_batches_of_rank(rows: list[list[int]], rank: int, world_size: int,
+                          micro_batch_size: int) -> list[list[list[int]]]:
+    per_rank = len(rows) // world_size
+    mine = rows[rank * per_rank:(rank + 1) * per_rank]
+    return [mine[i:i + micro_batch_size] for i in range(0, per_rank, micro_batch_size)]
+
+
+def collate(rows: list[list[int]], samples: list[Sample], pad_id: int) -> Batch:
+    """Right-pad rows to the longest; positions restart per packed sample and run on through the padding."""
+    ids, positions, masks = [], [], []
+    for row in rows:
+        ids.append([t for i in row for t in samples[i].input_ids])
+        positions.append([p for i in row for p in range(len(samples[i]))])
+        masks.append([m for i in row for m in samples[i].loss_mask])
+    width = max(map(len, ids))
+    num_tokens = sum(map(len, ids))
+    for row_ids, row_pos, row_mask in zip(ids, positions, masks):
+        pad = width - len(row_ids)
+        row_ids += [pad_id] * pad
+        row_pos += range(row_pos[-1] + 1, row_pos[-1] + 1 + pad)
+        row_mask += [False] * pad
+    return Batch(torch.tensor(ids), torch.tensor(positions), torch.tensor(masks), num_tokens)
