@@ -41,8 +41,8 @@ def test_padded_vocab_ids_are_never_sampled(make_model):
     assert logits.shape[-1] == 49192
     llm = LLM(model=path)
     # make padded rows win every argmax: masked, they must still never come out
-    head = llm.runner.model.lm_head.weight
-    head[49152:] = head[:49152].abs().max() * 50
+    head = llm.runner.model.lm_head  # [hidden, vocab]
+    head[:, 49152:] = head[:, :49152].abs().max() * 50
     outs = llm.generate([[5, 6, 7]] * 4, [SamplingParams(max_tokens=10, ignore_eos=True),
                                           SamplingParams(temperature=2.0, max_tokens=10, seed=1, ignore_eos=True)] * 2,
                         use_tqdm=False)
