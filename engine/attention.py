@@ -19,6 +19,8 @@ class AttentionMetadata:
     # decode steps only: where each flat token sits in the padded [B, max_q] query, and the mask
     batch_index: torch.Tensor | None = None
     query_index: torch.Tensor | None = None
+    # one sequence whose blocks form one run (first id, count): its cache is read in place, not gathered
+    block_run: tuple[int, int] | None = None
     attn_mask: torch.Tensor | None = None  # [B, 1, max_q, max_ctx] additive: 0 where allowed, -inf elsewhere
 
 
@@ -69,7 +71,12 @@ def _decode_attention(q, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
     else:
         q_pad = q.new_zeros(num_seqs, max_q, *q.shape[1:])
         q_pad[meta.batch_index, meta.query_index] = q
-    keys, values = _gather(kv_cache, meta.block_tables.view(-1))
+    if meta.block_run is not None:
+        first, count = meta.block_run
+        kv = kv_cache[first : first + count].flatten(0, 1)
+        keys, values = kv[:, 0], kv[:, 1]
+    else:
+        keys, values = _gather(kv_cache, meta.block_tables.view(-1))
     keys = keys.view(num_seqs, -1, *keys.shape[1:])  # [B, max_ctx, KV, D]
     values = values.view(num_seqs, -1, *values.shape[1:])
     o = F.scaled_dot_product_attention(

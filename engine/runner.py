@@ -53,6 +53,9 @@ class ModelRunner:
         )
         if not batch.is_prefill:
             self._add_decode_layout(meta, max_blocks * bs)
+            table = batch.seqs[0].block_table
+            if len(batch.seqs) == 1 and table == list(range(table[0], table[0] + len(table))):
+                meta.block_run = (table[0], len(table))
         return self.model(self._tensor(input_ids), meta, self.kv_cache, self._tensor(logits_indices))
 
     def _add_decode_layout(self, meta: AttentionMetadata, max_ctx: int) -> None:
