@@ -227,7 +227,7 @@ def budget_case(llm):
 @pytest.fixture(scope="session")
 def s1_loop(llm, hf_model, budget_case):
     params, _ = budget_case
-    tokens, eos = llm._resolve_budget(params), llm.tokenizer.eos_token_ids
+    tokens, eos = llm.budget_tokens(params), llm.tokenizer.eos_token_ids
 
     def run(prompts):
         return [s1_budget_forcing(hf_model, p, params.budget, tokens, eos, params.max_tokens) for p in prompts]

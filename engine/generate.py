@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     phase, start = None, time.perf_counter()
     try:
         for delta in llm.stream(prompt, params):
-            if delta.phase != phase and delta.text:
+            if delta.phase != phase and (delta.text or delta.output is not None):  # an empty answer still gets its header
                 phase = delta.phase
                 print(f"\n[{phase}]", flush=True)
             if delta.text:

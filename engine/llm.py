@@ -76,7 +76,7 @@ class LLM:
         generator = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
         seq = Sequence(self._next_id, list(token_ids), len(token_ids), params, generator)
         if params.budget is not None:
-            seq.budget = BudgetState(params.budget, self._resolve_budget(params))
+            seq.budget = BudgetState(params.budget, self.budget_tokens(params))
             seq.token_ids.extend(seq.budget.start([]))
         self._next_id += 1
         self._seqs[seq.seq_id] = seq
@@ -98,7 +98,8 @@ class LLM:
             raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.config.vocab_size})")
         return list(prompt)
 
-    def _resolve_budget(self, params: SamplingParams) -> BudgetTokens:
+    def budget_tokens(self, params: SamplingParams) -> BudgetTokens:
+        """The token ids budget forcing uses for these params (end ids, delimiter, ignore, final answer)."""
         budget, fmt = params.budget, get_think_format(params.think_format)
         key = (fmt.name, budget.ignore_str, budget.final_answer_str)
         if key not in self._budget_tokens:

@@ -1,10 +1,16 @@
 """Owns the model and the KV cache; turns a scheduled batch into attention metadata and logits."""
 import torch
 
-from engine.attention import AttentionMetadata
+from engine.attention import AttentionMetadata, DecodeGroup
 from engine.config import ModelConfig
 from engine.model import DecoderModel
 from engine.scheduler import ScheduledBatch
+from engine.sequence import Sequence
+
+
+# Decode attention pads every sequence of a group to the group's longest context; a group costs about
+# as much fixed overhead per layer (gather + SDPA calls) as reading this many padded token slots.
+GROUP_OVERHEAD_SLOTS = 256
 
 
 class ModelRunner:
@@ -13,8 +19,11 @@ class ModelRunner:
         self.block_size = block_size
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        shape = (cfg.num_hidden_layers, num_blocks, block_size, 2, cfg.num_key_value_heads, cfg.head_dim)
+        # per layer: keys then values, head-major (see engine.attention)
+        shape = (cfg.num_hidden_layers, 2, cfg.num_key_value_heads, num_blocks, block_size, cfg.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self._block_elems = 2 * cfg.num_key_value_heads * block_size * cfg.head_dim
+        self._workspace = self.kv_cache.new_empty(0)
 
     @staticmethod
     def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -40,37 +49,78 @@ class ModelRunner:
         else:
             logits_indices = [cu_seqlens_q[i + 1] - 1 for i in batch.sampling]
         max_blocks = max(len(seq.block_table) for seq in batch.seqs)
-        tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in batch.seqs]
-        query_lens = list(batch.num_tokens)
         meta = AttentionMetadata(
             positions=self._tensor(positions),
             slot_mapping=self._tensor(slots),
-            query_lens=query_lens,
+            query_lens=list(batch.num_tokens),
             context_lens=context_lens,
             cu_seqlens_q=cu_seqlens_q,
-            block_tables=self._tensor(tables),
+            block_tables=self._tensor(_padded_tables(batch.seqs)),
             is_prefill=batch.is_prefill,
+            workspace=self._workspace_for(len(batch.seqs) * max_blocks),
         )
         if not batch.is_prefill:
-            self._add_decode_layout(meta, max_blocks * bs)
+            meta.decode_groups = self._decode_groups(batch, meta)
             table = batch.seqs[0].block_table
             if len(batch.seqs) == 1 and table == list(range(table[0], table[0] + len(table))):
                 meta.block_run = (table[0], len(table))
         return self.model(self._tensor(input_ids), meta, self.kv_cache, self._tensor(logits_indices))
 
-    def _add_decode_layout(self, meta: AttentionMetadata, max_ctx: int) -> None:
-        q_lens = torch.tensor(meta.query_lens)
-        ctx_lens = torch.tensor(meta.context_lens)
-        max_q = int(q_lens.max())
-        q_pos = torch.arange(max_q)
+    def _workspace_for(self, num_blocks: int) -> torch.Tensor:
+        """The gather buffer, grown (never shrunk) to hold num_blocks blocks of one layer."""
+        if len(self._workspace) < num_blocks * self._block_elems:
+            self._workspace = self.kv_cache.new_empty(num_blocks * self._block_elems)
+        return self._workspace
+
+    def _decode_groups(self, batch: ScheduledBatch, meta: AttentionMetadata) -> list[DecodeGroup]:
+        """Split the batch (the scheduler orders it by length) into runs that attend together."""
+        groups = []
+        num_blocks = [-(-n // self.block_size) for n in meta.context_lens]
+        for first, last in _split_by_length(num_blocks, GROUP_OVERHEAD_SLOTS / self.block_size):
+            seqs = batch.seqs[first:last]
+            q_lens, ctx_lens = meta.query_lens[first:last], meta.context_lens[first:last]
+            tables = _padded_tables(seqs)
+            group = DecodeGroup(
+                start=meta.cu_seqlens_q[first],
+                end=meta.cu_seqlens_q[last],
+                block_tables=self._tensor(tables),
+                attn_mask=self._decode_mask(q_lens, ctx_lens, len(tables[0]) * self.block_size),
+            )
+            if max(q_lens) > 1:
+                group.batch_index = self._tensor([b for b, n in enumerate(q_lens) for _ in range(n)])
+                group.query_index = self._tensor([i for n in q_lens for i in range(n)])
+            groups.append(group)
+        return groups
+
+    def _decode_mask(self, query_lens: list[int], context_lens: list[int], max_ctx: int) -> torch.Tensor:
+        q_lens, ctx_lens = torch.tensor(query_lens), torch.tensor(context_lens)
+        q_pos = torch.arange(int(q_lens.max()))
         # query i of a sequence sees keys up to its own position; padded query rows see every real key
         last_key = torch.minimum(ctx_lens[:, None] - q_lens[:, None] + q_pos[None, :], ctx_lens[:, None] - 1)
         mask = torch.arange(max_ctx)[None, None, :] <= last_key[:, :, None]
         additive = torch.zeros(mask.shape, dtype=self.dtype).masked_fill_(~mask, float("-inf"))
-        meta.attn_mask = additive.unsqueeze(1).to(self.device)
-        if max_q > 1:
-            meta.batch_index = self._tensor([b for b, n in enumerate(meta.query_lens) for _ in range(n)])
-            meta.query_index = self._tensor([i for n in meta.query_lens for i in range(n)])
+        return additive.unsqueeze(1).to(self.device)
 
     def _tensor(self, values: list) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
+
+
+def _padded_tables(seqs: list[Sequence]) -> list[list[int]]:
+    width = max(len(seq.block_table) for seq in seqs)
+    return [seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs]
+
+
+def _split_by_length(num_blocks: list[int], overhead: float) -> list[tuple[int, int]]:
+    """Cut block counts, sorted ascending, into runs [first, last) that minimise the blocks read (each
+    run pads to its last) plus `overhead` blocks per run: an exact O(B^2) dynamic programme."""
+    best, cut = [0.0], [0]
+    for last in range(1, len(num_blocks) + 1):
+        width = num_blocks[last - 1]
+        cost, first = min((best[f] + overhead + (last - f) * width, f) for f in range(last))
+        best.append(cost)
+        cut.append(first)
+    runs, last = [], len(num_blocks)
+    while last:
+        runs.append((cut[last], last))
+        last = cut[last]
+    return runs[::-1]

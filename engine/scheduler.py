@@ -80,6 +80,7 @@ class Scheduler:
                 self._preempt(seq)
         if not scheduled:
             return None
+        scheduled.sort(key=len)  # by context length: the runner groups similar lengths for attention
         return ScheduledBatch(scheduled, [s.num_uncached_tokens for s in scheduled], is_prefill=False)
 
     def _preempt(self, seq: Sequence) -> None:

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from benchmarks.s1_reference import s1_budget_forcing
-from engine import LLM, SamplingParams, ThinkingBudget
+from engine import LLM, SamplingParams, ThinkingBudget, runner
 
 END_TOKEN = {"s1": 1, "r1": 9617}  # first token of "<|im_start|>answer\n" and of "</think>\n\n"
 MAX_TOKENS = 96
@@ -34,7 +34,9 @@ def random_budgets(rng: random.Random, n: int) -> list[ThinkingBudget]:
 
 
 @pytest.mark.parametrize("think_format", ["s1", "r1"])
-def test_budget_forcing_matches_s1_reference(make_model, think_format):
+def test_budget_forcing_matches_s1_reference(make_model, think_format, monkeypatch):
+    # one attention group per distinct context length: splices (multi-token extends) cross groups too
+    monkeypatch.setattr(runner, "GROUP_OVERHEAD_SLOTS", 0)
     path = make_model("llama", seed=11, end_token=END_TOKEN[think_format], hf_init=True)
     rng = random.Random(think_format)
     budgets = random_budgets(rng, 12)
@@ -49,7 +51,7 @@ def test_budget_forcing_matches_s1_reference(make_model, think_format):
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     ignores_seen = caps_seen = 0
     for prompt, p, out in zip(prompts, params, outputs):
-        tokens = llm._resolve_budget(p)
+        tokens = llm.budget_tokens(p)
         expected = s1_budget_forcing(hf, prompt, p.budget, tokens, llm.tokenizer.eos_token_ids, MAX_TOKENS)
         assert out.token_ids == expected, f"budget {p.budget}"
         ignores_seen += out.num_ignores_used

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engine import LLM, SamplingParams
+from engine import LLM, SamplingParams, runner
 
 LENGTHS = [1, 5, 16, 17, 33, 50, 64, 7]  # block boundaries at multiples of 8
 
@@ -23,7 +23,7 @@ def hf_greedy(path, prompts, max_new_tokens):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
-def test_greedy_matches_transformers_batched_and_alone(make_model, arch):
+def test_greedy_matches_transformers_batched_and_alone(make_model, arch, monkeypatch):
     path = make_model(arch, seed=3)
     prompts = prompts_of(LENGTHS)
     expected = hf_greedy(path, prompts, 24)
@@ -31,6 +31,9 @@ def test_greedy_matches_transformers_batched_and_alone(make_model, arch):
     params = SamplingParams(max_tokens=24)
     together = llm.generate(prompts, params, use_tqdm=False)
     assert [o.token_ids for o in together] == expected
+    monkeypatch.setattr(runner, "GROUP_OVERHEAD_SLOTS", 0)  # decode attention split into many length groups
+    grouped = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.token_ids for o in grouped] == expected
     alone = [llm.generate(p, params, use_tqdm=False)[0] for p in prompts]
     assert [o.token_ids for o in alone] == expected
     llm.block_manager.check_all_free()

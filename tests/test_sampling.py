@@ -41,8 +41,10 @@ def test_padded_vocab_ids_are_never_sampled(make_model):
     assert logits.shape[-1] == 49192
     llm = LLM(model=path)
     # make padded rows win every argmax: masked, they must still never come out
-    head = llm.runner.model.lm_head  # [hidden, vocab]
-    head[:, 49152:] = head[:, :49152].abs().max() * 50
+    model = llm.runner.model  # the output head is held in both layouts: raise the padded rows in each
+    big = model.lm_head_t[:, :49152].abs().max() * 50
+    model.lm_head_t[:, 49152:] = big
+    (model.embed_tokens.weight if model.lm_head is None else model.lm_head)[49152:] = big
     outs = llm.generate([[5, 6, 7]] * 4, [SamplingParams(max_tokens=10, ignore_eos=True),
                                           SamplingParams(temperature=2.0, max_tokens=10, seed=1, ignore_eos=True)] * 2,
                         use_tqdm=False)
