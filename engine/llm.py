@@ -247,6 +247,7 @@ class LLM:
         request_id = self.add_request(prompt, params or SamplingParams())
         seq = self._seqs[request_id]
         emitted = {"thinking": 0, "answer": 0}
+        num_ids = 0  # token ids handed out so far
         try:
             while not seq.is_finished:
                 self.step()
@@ -254,9 +255,10 @@ class LLM:
                 for phase, text in (("thinking", output.thinking_text), ("answer", output.answer_text)):
                     ready = text.rstrip("\ufffd") if not seq.is_finished else text  # hold back split characters
                     if len(ready) > emitted[phase]:
-                        yield StreamDelta(phase, ready[emitted[phase] :])
-                        emitted[phase] = len(ready)
-            yield StreamDelta("answer", "", output=make_output(seq, self.tokenizer))
+                        yield StreamDelta(phase, ready[emitted[phase] :], output.token_ids[num_ids:])
+                        emitted[phase], num_ids = len(ready), len(output.token_ids)
+            output = make_output(seq, self.tokenizer)
+            yield StreamDelta("answer", "", output.token_ids[num_ids:], output=output)
         finally:
             self.abort(request_id)
 

@@ -24,6 +24,7 @@ class Output:
 class StreamDelta:
     phase: str  # "thinking" or "answer"
     text: str
+    token_ids: list[int]  # ids appended since the previous delta (spliced ones included)
     output: Output | None = None  # set on the last delta, when the request has finished
 
 

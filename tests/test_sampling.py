@@ -77,5 +77,6 @@ def test_stream_text_equals_generate_text(make_model):
     answer = "".join(d.text for d in deltas if d.phase == "answer")
     assert (thinking, answer) == (expected.thinking_text, expected.answer_text)
     assert deltas[-1].output.token_ids == expected.token_ids
+    assert [t for d in deltas for t in d.token_ids] == expected.token_ids  # every id handed out once, in order
     assert expected.answer_text.startswith("Final Answer:")
     llm.block_manager.check_all_free()
