@@ -31,6 +31,11 @@ class SamplingParams:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         if self.think_format not in THINK_FORMATS:
             raise ValueError(f"unknown think format {self.think_format!r}; choose one of {sorted(THINK_FORMATS)}")
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
+            raise ValueError(f"stop must be a non-empty string or a list of them, got {self.stop!r}")
+        if not all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
         if self.budget is not None and not isinstance(self.budget, ThinkingBudget):
             raise TypeError(f"budget must be a ThinkingBudget, got {type(self.budget).__name__}")
 

@@ -78,6 +78,9 @@ def test_bad_budgets(kwargs, message):
         ({"top_k": -1}, "top_k must be >= 0"),
         ({"max_tokens": 0}, "max_tokens must be a positive integer"),
         ({"think_format": "xml"}, "unknown think format 'xml'"),
+        ({"stop": 5}, "stop must be a non-empty string"),
+        ({"stop": ["ok", ""]}, "stop must be a non-empty string"),
+        ({"stop_token_ids": (3, -1)}, "stop_token_ids must be non-negative integers"),
     ],
 )
 def test_bad_sampling_params(kwargs, message):
