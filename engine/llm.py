@@ -9,7 +9,7 @@ from engine.block_manager import BlockManager
 from engine.budget import BudgetState, BudgetTokens, Phase
 from engine.config import ModelConfig
 from engine.model import load_model
-from engine.outputs import Output, StreamDelta, make_output
+from engine.outputs import IncrementalDecoder, Output, StreamDelta, make_output, phase_token_ids
 from engine.runner import ModelRunner
 from engine.sampling import Sampler, SamplingParams
 from engine.scheduler import Scheduler
@@ -246,18 +246,26 @@ class LLM:
         """Yield text as it is generated, tagged with its phase; the last delta carries the Output."""
         request_id = self.add_request(prompt, params or SamplingParams())
         seq = self._seqs[request_id]
-        emitted = {"thinking": 0, "answer": 0}
+        decoders = {"thinking": IncrementalDecoder(self.tokenizer), "answer": IncrementalDecoder(self.tokenizer)}
+        emitted = {"thinking": 0, "answer": 0}  # characters handed out per phase
         num_ids = 0  # token ids handed out so far
         try:
-            while not seq.is_finished:
+            while True:
                 self.step()
-                output = make_output(seq, self.tokenizer)
-                for phase, text in (("thinking", output.thinking_text), ("answer", output.answer_text)):
-                    ready = text.rstrip("\ufffd") if not seq.is_finished else text  # hold back split characters
-                    if len(ready) > emitted[phase]:
-                        yield StreamDelta(phase, ready[emitted[phase] :], output.token_ids[num_ids:])
-                        emitted[phase], num_ids = len(ready), len(output.token_ids)
+                if seq.is_finished:
+                    break
+                for phase, ids in zip(("thinking", "answer"), phase_token_ids(seq)):
+                    text = decoders[phase].delta(ids)
+                    if text:
+                        yield StreamDelta(phase, text, seq.output_ids[num_ids:])
+                        emitted[phase] += len(text)
+                        num_ids = len(seq.output_ids)
+            # the finished text is final (a stop string cut off, split characters flushed): send the rest
             output = make_output(seq, self.tokenizer)
+            for phase, text in (("thinking", output.thinking_text), ("answer", output.answer_text)):
+                if len(text) > emitted[phase]:
+                    yield StreamDelta(phase, text[emitted[phase] :], output.token_ids[num_ids:])
+                    num_ids = len(output.token_ids)
             yield StreamDelta("answer", "", output.token_ids[num_ids:], output=output)
         finally:
             self.abort(request_id)

@@ -28,16 +28,44 @@ class StreamDelta:
     output: Output | None = None  # set on the last delta, when the request has finished
 
 
+class IncrementalDecoder:
+    """The text of a growing list of token ids, one delta at a time, decoding only a short window.
+
+    Both decodes of a step start at the same token, so tokenizers that drop a leading space at the
+    start of a decode give the same delta; a split multi-byte character is held back until complete.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.prefix = self.read = 0  # the window starts at `prefix`; text up to `read` is handed out
+
+    def delta(self, token_ids: list[int]) -> str:
+        if len(token_ids) <= self.read:
+            return ""
+        before = self.tokenizer.decode(token_ids[self.prefix : self.read])
+        after = self.tokenizer.decode(token_ids[self.prefix :])
+        if after.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(token_ids)
+        return after[len(before) :]
+
+
+def phase_token_ids(seq: Sequence) -> tuple[list[int], list[int]]:
+    """(thinking ids, answer ids) of the visible output: a final stop token is not text."""
+    out = seq.output_ids
+    visible = out[:-1] if isinstance(seq.stop_reason, int) else out
+    budget = seq.budget
+    if budget is None:
+        return [], visible
+    end = len(visible) if budget.thinking_end is None else budget.thinking_end
+    return visible[:end], [] if budget.answer_start is None else visible[budget.answer_start :]
+
+
 def make_output(seq: Sequence, tokenizer: Tokenizer) -> Output:
     out = seq.output_ids
     visible = out[:-1] if isinstance(seq.stop_reason, int) else out  # the stop token is not text
     budget = seq.budget
-    if budget is None:
-        thinking, answer = [], visible
-    else:
-        end = len(visible) if budget.thinking_end is None else budget.thinking_end
-        thinking = visible[:end]
-        answer = [] if budget.answer_start is None else visible[budget.answer_start :]
+    thinking, answer = phase_token_ids(seq)
     answer_text = tokenizer.decode(answer)
     text = tokenizer.decode(visible)
     if isinstance(seq.stop_reason, str):

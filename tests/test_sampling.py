@@ -80,3 +80,28 @@ def test_stream_text_equals_generate_text(make_model):
     assert [t for d in deltas for t in d.token_ids] == expected.token_ids  # every id handed out once, in order
     assert expected.answer_text.startswith("Final Answer:")
     llm.block_manager.check_all_free()
+
+
+def test_stream_deltas_add_up_to_the_text_over_a_long_random_generation(make_model):
+    llm = LLM(model=make_model("qwen2", seed=12))
+    params = SamplingParams(temperature=1.5, seed=3, max_tokens=300, ignore_eos=True)  # many split characters
+    expected = llm.generate([5, 6, 7], params, use_tqdm=False)[0]
+    deltas = list(llm.stream([5, 6, 7], params))
+    assert "".join(d.text for d in deltas) == expected.text
+    assert [t for d in deltas for t in d.token_ids] == expected.token_ids
+    assert len(deltas) > 100  # it really streamed, a delta per token or so
+
+
+def test_incremental_decoder_holds_back_split_characters(tokenizer_dir):
+    from engine.outputs import IncrementalDecoder
+    from engine.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(tokenizer_dir, (2,))
+    ids = tokenizer.encode("Wait: 🤖 sees 世界 and naïve café. <|im_start|>answer\n½", add_special_tokens=False)
+    decoder, text, held = IncrementalDecoder(tokenizer), "", 0
+    for n in range(1, len(ids) + 1):
+        delta = decoder.delta(ids[:n])
+        held += delta == ""
+        assert "\ufffd" not in delta
+        text += delta
+    assert text == tokenizer.decode(ids) and held > 0  # byte-level pieces of 🤖 / 世界 were held back
