@@ -214,12 +214,18 @@ class LLM:
                     raise
                 request_ids.append(_error_output(prompt, str(e)))
         pending = {r for r in request_ids if isinstance(r, int)}
-        with tqdm(total=len(pending), desc="generating", unit="req", disable=not use_tqdm or None) as bar:
-            while pending:
-                self.step()
-                done = {r for r in pending if self._seqs[r].is_finished}
-                pending -= done
-                bar.update(len(done))
+        try:
+            with tqdm(total=len(pending), desc="generating", unit="req", disable=not use_tqdm or None) as bar:
+                while pending:
+                    self.step()
+                    done = {r for r in pending if self._seqs[r].is_finished}
+                    pending -= done
+                    bar.update(len(done))
+        except BaseException:  # an error or Ctrl-C: drop this call's requests, free their blocks, re-raise
+            for r in request_ids:
+                if isinstance(r, int) and r in self._seqs:
+                    self.abort(r)
+            raise
         return [r if isinstance(r, Output) else make_output(self._seqs.pop(r), self.tokenizer) for r in request_ids]
 
     def chat_prompt(self, messages: list[dict], params: SamplingParams) -> list[int]:

@@ -122,3 +122,23 @@ def test_aborted_stream_frees_its_blocks(llm):
     stream.close()
     assert not llm.has_unfinished()
     llm.block_manager.check_all_free()
+
+
+def test_interrupted_generate_frees_its_requests_and_the_engine_goes_on(llm, monkeypatch):
+    params = SamplingParams(max_tokens=20, ignore_eos=True)
+    expected = llm.generate([[5, 6, 7], [8, 9]], params, use_tqdm=False)
+    run, calls = llm.runner.run, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(llm.runner, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate([[5, 6, 7], [8, 9]], params, use_tqdm=False)
+    assert not llm.has_unfinished()
+    llm.block_manager.check_all_free()
+    again = llm.generate([[5, 6, 7], [8, 9]], params, use_tqdm=False)
+    assert [o.token_ids for o in again] == [o.token_ids for o in expected]
