@@ -4,6 +4,7 @@ import sys
 import time
 
 from engine import LLM, SamplingParams, ThinkingBudget
+from engine.llm import DTYPES
 from engine.tokenizer import THINK_FORMATS
 
 DIM, RESET = "\033[2m", "\033[0m"
@@ -31,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES))
     return p.parse_args(argv)
 
 
@@ -67,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    llm = LLM(model=args.model, device=args.device, dtype=args.dtype)
+    try:
+        llm = LLM(model=args.model, device=args.device, dtype=args.dtype)
+    except (ValueError, OSError) as e:  # bad path, unknown architecture, corrupt weights, no such device
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": question}

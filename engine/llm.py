@@ -18,6 +18,7 @@ from engine.tokenizer import Tokenizer, get_think_format
 from engine.weights import default_model_dir
 
 Prompt = str | list[int]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CPU_KV_CACHE_BYTES = 2 << 30
 GPU_KV_CACHE_FRACTION = 0.85  # of the memory left free after loading the weights
 
@@ -33,15 +34,26 @@ class LLM:
         max_num_seqs: int = 64,
         max_num_batched_tokens: int = 2048,
     ):
+        sizes = {"block_size": block_size, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
+        if num_blocks is not None:
+            sizes["num_blocks"] = num_blocks
+        for name, value in sizes.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         path = default_model_dir() if model is None else Path(model)
         self.config = ModelConfig.from_dir(path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU here")
         if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
+            if dtype not in DTYPES:
+                raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+            dtype = DTYPES[dtype]
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.tokenizer = Tokenizer(path, self.config.eos_token_ids)
         model_module = load_model(path, self.config, self.device, self.dtype)
-        num_blocks = num_blocks or self._default_num_blocks(block_size, max_num_seqs)
+        if num_blocks is None:  # sized from the device's memory
+            num_blocks = self._default_num_blocks(block_size, max_num_seqs)
         self.block_manager = BlockManager(num_blocks, block_size)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.runner = ModelRunner(model_module, self.config, num_blocks, block_size)

@@ -16,3 +16,8 @@ def test_cli_rejects_min_above_max(make_model, capsys):
     code = main(["--model", str(make_model("llama")), "--prompt", "hi", "--min-thinking-tokens", "9",
                  "--max-thinking-tokens", "3"])
     assert code == 2 and "min_tokens (9) is above max_tokens (3)" in capsys.readouterr().err
+
+
+def test_cli_reports_a_bad_model_dir(tmp_path, capsys):
+    code = main(["--model", str(tmp_path / "nowhere"), "--prompt", "hi"])
+    assert code == 2 and "no config.json" in capsys.readouterr().err

@@ -48,6 +48,20 @@ def test_corrupt_weights_and_missing_tensor(make_model, tmp_path):
         LLM(model=tmp_path / "n")
 
 
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"dtype": "float64"}, "unsupported dtype 'float64'"),
+        ({"block_size": 0}, "block_size must be a positive integer"),
+        ({"max_num_seqs": -1}, "max_num_seqs must be a positive integer"),
+        ({"num_blocks": 0}, "num_blocks must be a positive integer"),
+    ],
+)
+def test_bad_engine_settings(make_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LLM(model=make_model("llama"), **kwargs)
+
+
 def test_unsupported_rope_scaling():
     raw = {"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8, "intermediate_size": 8,
            "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "longrope"}}
