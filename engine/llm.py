@@ -85,7 +85,8 @@ class LLM:
                 f"prompt has {len(token_ids)} tokens; the context holds {self.max_model_len} "
                 "(and at least one must be left to generate)"
             )
-        generator = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
+        # on the logits' device: torch.multinomial refuses a generator from another device
+        generator = torch.Generator(self.device).manual_seed(params.seed if params.seed is not None else torch.seed())
         seq = Sequence(self._next_id, list(token_ids), len(token_ids), params, generator)
         if params.budget is not None:
             seq.budget = BudgetState(params.budget, self.budget_tokens(params))
