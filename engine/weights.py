@@ -56,6 +56,7 @@ def default_model_dir() -> Path:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         gguf_path = _fetch_default_gguf(Path(tmp))
         staging = Path(tmp) / "model"
+        print(f"dequantizing it into {out} (set {CACHE_ENV} to put it elsewhere)...", file=sys.stderr)
         convert_gguf(gguf_path, staging)
         if not (out / "config.json").is_file():  # another process may have finished first
             shutil.rmtree(out, ignore_errors=True)
