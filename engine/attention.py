@@ -32,7 +32,7 @@ class AttentionMetadata:
     query_lens: list[int]  # new tokens per sequence
     context_lens: list[int]  # cached + new tokens per sequence
     cu_seqlens_q: list[int]  # [B + 1] offsets of each sequence's tokens in the flat batch
-    block_tables: torch.Tensor  # [B, max_blocks], padded with 0
+    block_tables: torch.Tensor | None  # prefill: [B, max_blocks], padded with 0 (decode groups hold their own)
     is_prefill: bool
     # flat buffer the layers gather cached blocks into, reused: a fresh multi-MB tensor per layer costs
     # more in page faults than the copy itself (CPU malloc maps it anew)

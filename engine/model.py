@@ -133,7 +133,10 @@ def _fused_state_dict(cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> dic
     def rotary(name: str, num_heads: int) -> torch.Tensor:
         return interleave_rotary_rows(take(name), num_heads)
 
-    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    def qkv(prefix: str, kind: str) -> torch.Tensor:
+        q = rotary(f"{prefix}q_proj.{kind}", cfg.num_attention_heads)
+        k = rotary(f"{prefix}k_proj.{kind}", cfg.num_key_value_heads)
+        return torch.cat((q, k, take(f"{prefix}v_proj.{kind}")))
 
     embed = take("model.embed_tokens.weight")
     head = embed if cfg.tie_word_embeddings else take("lm_head.weight")
@@ -144,11 +147,9 @@ def _fused_state_dict(cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> dic
         p, a, out = f"model.layers.{i}.", f"model.layers.{i}.self_attn.", f"layers.{i}."
         state[out + "input_norm"] = take(p + "input_layernorm.weight")
         state[out + "post_attention_norm"] = take(p + "post_attention_layernorm.weight")
-        q, k = rotary(a + "q_proj.weight", heads), rotary(a + "k_proj.weight", kv_heads)
-        state[out + "qkv_proj"] = torch.cat((q, k, take(a + "v_proj.weight"))).t().contiguous()
+        state[out + "qkv_proj"] = qkv(a, "weight").t().contiguous()
         if cfg.attention_bias:
-            q, k = rotary(a + "q_proj.bias", heads), rotary(a + "k_proj.bias", kv_heads)
-            state[out + "qkv_bias"] = torch.cat((q, k, take(a + "v_proj.bias")))
+            state[out + "qkv_bias"] = qkv(a, "bias")
         if cfg.qk_norm:
             state[out + "q_norm"] = rotary(a + "q_norm.weight", 1)
             state[out + "k_norm"] = rotary(a + "k_norm.weight", 1)

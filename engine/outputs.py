@@ -50,10 +50,14 @@ class IncrementalDecoder:
         return after[len(before) :]
 
 
-def phase_token_ids(seq: Sequence) -> tuple[list[int], list[int]]:
-    """(thinking ids, answer ids) of the visible output: a final stop token is not text."""
+def _visible_ids(seq: Sequence) -> list[int]:
     out = seq.output_ids
-    visible = out[:-1] if isinstance(seq.stop_reason, int) else out
+    return out[:-1] if isinstance(seq.stop_reason, int) else out  # a final stop token is not text
+
+
+def phase_token_ids(seq: Sequence) -> tuple[list[int], list[int]]:
+    """(thinking ids, answer ids) of the visible output."""
+    visible = _visible_ids(seq)
     budget = seq.budget
     if budget is None:
         return [], visible
@@ -62,9 +66,7 @@ def phase_token_ids(seq: Sequence) -> tuple[list[int], list[int]]:
 
 
 def make_output(seq: Sequence, tokenizer: Tokenizer) -> Output:
-    out = seq.output_ids
-    visible = out[:-1] if isinstance(seq.stop_reason, int) else out  # the stop token is not text
-    budget = seq.budget
+    visible, budget = _visible_ids(seq), seq.budget
     thinking, answer = phase_token_ids(seq)
     answer_text = tokenizer.decode(answer)
     text = tokenizer.decode(visible)
@@ -74,7 +76,7 @@ def make_output(seq: Sequence, tokenizer: Tokenizer) -> Output:
     return Output(
         request_id=seq.seq_id,
         prompt_token_ids=seq.token_ids[: seq.num_prompt_tokens],
-        token_ids=list(out),
+        token_ids=list(seq.output_ids),
         text=text,
         thinking_text=tokenizer.decode(thinking),
         answer_text=answer_text,

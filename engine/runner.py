@@ -55,7 +55,7 @@ class ModelRunner:
             query_lens=list(batch.num_tokens),
             context_lens=context_lens,
             cu_seqlens_q=cu_seqlens_q,
-            block_tables=self._tensor(_padded_tables(batch.seqs)),
+            block_tables=self._tensor(_padded_tables(batch.seqs)) if batch.is_prefill else None,
             is_prefill=batch.is_prefill,
             workspace=self._workspace_for(len(batch.seqs) * max_blocks),
         )
