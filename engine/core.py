@@ -32,7 +32,7 @@ class EngineCore:
         self.max_model_len = max_model_len
         self.block_manager = BlockManager(runner.num_blocks, runner.block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
-        self.sampler = Sampler(vocab_size)
+        self.sampler = Sampler(vocab_size, runner.ops.sample)
         self.requests: dict[int, Request] = {}
         self.num_computed_tokens = 0
         self._next_seq_id = 0

@@ -17,7 +17,7 @@ from engine.device import resolve_device, resolve_dtype
 from engine.model import load_model
 from engine.outputs import Output, OutputStream, StreamDelta, make_output
 from engine.request import Request
-from engine.runner import ModelRunner
+from engine.runner import ModelRunner, kv_pool_blocks, warm_up_blocks
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
 from engine.tokenizer import Tokenizer, get_think_format
@@ -25,7 +25,6 @@ from engine.weights import default_model_dir
 
 Prompt = str | list[int]
 CPU_KV_CACHE_BYTES = 2 << 30
-GPU_KV_CACHE_FRACTION = 0.85  # of the memory left free after loading the weights
 
 
 class LLM:
@@ -40,6 +39,8 @@ class LLM:
         max_num_batched_tokens: int = 2048,
         enable_prefix_caching: bool = True,
         kernels: str = "auto",
+        gpu_memory_utilization: float = 0.9,
+        cuda_graphs: bool | None = None,
     ):
         sizes = {"block_size": block_size, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
         if num_blocks is not None:
@@ -47,16 +48,29 @@ class LLM:
         for name, value in sizes.items():
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(gpu_memory_utilization, (int, float)) and 0 < gpu_memory_utilization <= 1):
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
+        if cuda_graphs not in (None, True, False):
+            raise ValueError(f"cuda_graphs must be None (on where possible), True or False, got {cuda_graphs!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, got {str(self.device)!r}")
         path = default_model_dir() if model is None else Path(model)
         self.config = ModelConfig.from_dir(path)
         self.tokenizer = Tokenizer(path, self.config.eos_token_ids)
         model_module = load_model(path, self.config, self.device, self.dtype)
-        if num_blocks is None:  # sized from the device's memory
-            num_blocks = self._default_num_blocks(block_size, max_num_seqs)
-        runner = ModelRunner(model_module, self.config, num_blocks, block_size, kernels)
-        self.max_model_len = min(self.config.max_position_embeddings, num_blocks * block_size)
+        if num_blocks is not None:
+            runner = ModelRunner(model_module, self.config, num_blocks, block_size, kernels)
+        elif self.device.type == "cuda":  # sized from the memory left after the largest step
+            runner = ModelRunner(model_module, self.config, warm_up_blocks(max_num_batched_tokens, max_num_seqs, block_size),
+                                 block_size, kernels)
+            runner.allocate_kv_cache(self._gpu_num_blocks(runner, max_num_batched_tokens, max_num_seqs, gpu_memory_utilization))
+        else:
+            runner = ModelRunner(model_module, self.config, self._cpu_num_blocks(block_size, max_num_seqs), block_size, kernels)
+        self.max_model_len = min(self.config.max_position_embeddings, runner.num_blocks * block_size)
+        if cuda_graphs or (cuda_graphs is None and self.device.type == "cuda" and runner.ops.flat_metadata):
+            runner.capture_decode_graphs(max_num_seqs, self.max_model_len)
         vocab_size = min(self.tokenizer.vocab_size, self.config.vocab_size)
         self.core = EngineCore(runner, self.tokenizer, vocab_size, self.max_model_len, max_num_seqs,
                                max_num_batched_tokens, enable_prefix_caching)
@@ -64,15 +78,30 @@ class LLM:
         self._seed_source = random.Random()  # unseeded requests draw here, never from torch's global RNG
         self._budget_tokens: dict[tuple, BudgetTokens] = {}
 
-    def _default_num_blocks(self, block_size: int, max_num_seqs: int) -> int:
+    def _useful_blocks(self, block_size: int, max_num_seqs: int) -> int:
+        """More blocks than max_num_seqs full-length sequences hold would never be used."""
+        return max_num_seqs * -(-self.config.max_position_embeddings // block_size)
+
+    def _cpu_num_blocks(self, block_size: int, max_num_seqs: int) -> int:
         block_bytes = ModelRunner.kv_bytes_per_block(self.config, block_size, self.dtype)
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            budget = int(free * GPU_KV_CACHE_FRACTION)
-        else:
-            budget = CPU_KV_CACHE_BYTES
-        useful = max_num_seqs * -(-self.config.max_position_embeddings // block_size)
-        return max(1, min(budget // block_bytes, useful))
+        return max(1, min(CPU_KV_CACHE_BYTES // block_bytes, self._useful_blocks(block_size, max_num_seqs)))
+
+    def _gpu_num_blocks(self, runner: ModelRunner, num_tokens: int, max_num_seqs: int, utilization: float) -> int:
+        """Run the largest step once, then fit the pool in what `utilization` of the GPU leaves."""
+        torch.cuda.reset_peak_memory_stats(self.device)
+        runner.warm_up(num_tokens, max_num_seqs)
+        torch.cuda.synchronize(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        block_bytes = ModelRunner.kv_bytes_per_block(self.config, runner.block_size, self.dtype)
+        warm_up_pool = runner.num_blocks * block_bytes  # freed before the real pool is taken
+        blocks = kv_pool_blocks(total, free, torch.cuda.memory_reserved(self.device),
+                                torch.cuda.max_memory_allocated(self.device) - warm_up_pool, utilization, block_bytes)
+        if blocks < 1:
+            raise ValueError(f"no room for a KV cache: the weights and a {num_tokens}-token step use "
+                             f"{torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB of the "
+                             f"{utilization:.0%} of {total / 2**30:.1f} GiB allowed; lower max_num_batched_tokens "
+                             "or raise gpu_memory_utilization")
+        return min(blocks, self._useful_blocks(runner.block_size, max_num_seqs))
 
     # ---- requests ----
 
@@ -97,8 +126,7 @@ class LLM:
                 sweep: list[ThinkingBudget] | None) -> Request:
         seeds = ([params.seed + i for i in range(params.n)] if params.seed is not None
                  else [self._seed_source.getrandbits(62) for _ in range(params.n)])
-        # on the logits' device: torch.multinomial refuses a generator from another device
-        generator = torch.Generator(self.device).manual_seed(seeds[0])
+        generator = torch.Generator().manual_seed(seeds[0])  # on the CPU: the sampler draws one number a step
         seq = Sequence(-1, list(token_ids), len(token_ids), params, generator, request_id=self._next_id,
                        fork_seeds=seeds[1:], logprobs=None if params.logprobs is None else [])
         for index, budget in enumerate(budgets):

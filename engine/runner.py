@@ -3,10 +3,12 @@ import torch
 
 from engine.attention import AttentionMetadata, DecodeGroup
 from engine.config import ModelConfig
+from engine.graphs import DecodeGraphs, capture_cuda_graph
 from engine.model import DecoderModel
-from kernels.ops import select_ops
+from engine.sampling import SamplingParams
 from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
+from kernels.ops import select_ops
 
 
 # Decode attention pads every sequence of a group to the group's longest context; a group costs about
@@ -16,16 +18,51 @@ GROUP_OVERHEAD_SLOTS = 256
 
 class ModelRunner:
     def __init__(self, model: DecoderModel, cfg: ModelConfig, num_blocks: int, block_size: int, kernels: str = "auto"):
-        self.model = model
-        self.num_blocks, self.block_size = num_blocks, block_size
+        self.model, self.cfg = model, cfg
+        self.block_size = block_size
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.ops = model.ops = select_ops(kernels, self.device)
-        # per layer: keys then values, head-major (see engine.attention)
-        shape = (cfg.num_hidden_layers, 2, cfg.num_key_value_heads, num_blocks, block_size, cfg.head_dim)
-        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self._block_elems = 2 * cfg.num_key_value_heads * block_size * cfg.head_dim
+        self.graphs: DecodeGraphs | None = None
+        self.allocate_kv_cache(num_blocks)
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        """A fresh pool of num_blocks blocks (zeros), replacing the current one (before any graph captures it)."""
+        if self.graphs is not None:
+            raise RuntimeError("the decode graphs read the current KV pool; size the pool before capturing them")
+        cfg = self.cfg
+        self.kv_cache = self._workspace = None  # the old pool's memory is free before the new one is taken
+        # per layer: keys then values, head-major (see engine.attention)
+        shape = (cfg.num_hidden_layers, 2, cfg.num_key_value_heads, num_blocks, self.block_size, cfg.head_dim)
+        self.num_blocks = num_blocks
+        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self._workspace = self.kv_cache.new_empty(0)
+
+    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int, capture=capture_cuda_graph) -> None:
+        """Capture decode steps of up to max_num_seqs sequences (see engine.graphs); the Triton ops only."""
+        if not self.ops.flat_metadata:
+            raise ValueError("CUDA graphs capture the Triton kernels' decode step; they need kernels='triton' or 'auto' on CUDA")
+        self.graphs = DecodeGraphs(self.model, self.kv_cache, max_num_seqs, -(-max_model_len // self.block_size), capture)
+
+    def warm_up(self, num_tokens: int, num_seqs: int) -> None:
+        """One prefill step of num_tokens tokens over num_seqs sequences, then a sampling of their rows: the
+        largest step the engine takes, so the memory peak after it bounds what any step needs. Needs
+        warm_up_blocks(num_tokens, num_seqs, block_size) blocks; it writes only the pool's blocks."""
+        num_seqs = min(num_seqs, num_tokens)
+        lens = [num_tokens // num_seqs + (i < num_tokens % num_seqs) for i in range(num_seqs)]
+        seqs, next_block = [], 0
+        for i, n in enumerate(lens):
+            seq = Sequence(i, [0] * n, n, SamplingParams(), torch.Generator())
+            seq.block_table = list(range(next_block, next_block + -(-n // self.block_size)))
+            next_block += len(seq.block_table)
+            seqs.append(seq)
+        logits = self.run(ScheduledBatch(seqs, lens, is_prefill=True))
+        rows = len(seqs)
+        self.ops.sample(logits, logits.shape[1], torch.ones(rows, device=self.device),
+                        torch.full((rows,), 50, device=self.device), torch.full((rows,), 0.9, device=self.device),
+                        torch.rand(rows, dtype=torch.float64, device=self.device),
+                        torch.full((rows, 1), -1, device=self.device))
 
     @staticmethod
     def kv_bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -52,6 +89,9 @@ class ModelRunner:
             logits_indices = list(range(cu_seqlens_q[-1]))
         else:
             logits_indices = [cu_seqlens_q[i + 1] - 1 for i in batch.sampling]
+        if self.graphs is not None and self._replays(batch, all_positions):
+            logits = self.graphs.run(input_ids, positions, slots, _padded_tables(batch.seqs), context_lens)
+            return logits if len(logits_indices) == len(batch.seqs) else logits[batch.sampling]
         max_blocks = max(len(seq.block_table) for seq in batch.seqs)
         flat = self.ops.flat_metadata
         meta = AttentionMetadata(
@@ -74,6 +114,11 @@ class ModelRunner:
             if len(batch.seqs) == 1 and table == list(range(table[0], table[0] + len(table))):
                 meta.block_run = (table[0], len(table))
         return self.model(self._tensor(input_ids), meta, self.kv_cache, self._tensor(logits_indices))
+
+    def _replays(self, batch: ScheduledBatch, all_positions: bool) -> bool:
+        """A decode step (one new token per sequence) that a captured graph holds."""
+        return (not batch.is_prefill and not all_positions and len(batch.seqs) <= self.graphs.max_batch
+                and all(n == 1 for n in batch.num_tokens))
 
     def _workspace_for(self, num_blocks: int) -> torch.Tensor:
         """The gather buffer, grown (never shrunk) to hold num_blocks blocks of one layer."""
@@ -112,6 +157,19 @@ class ModelRunner:
 
     def _tensor(self, values: list) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
+
+
+def warm_up_blocks(num_tokens: int, num_seqs: int, block_size: int) -> int:
+    """Blocks ModelRunner.warm_up needs: each sequence's tokens, rounded up to whole blocks."""
+    return -(-num_tokens // block_size) + min(num_seqs, num_tokens)
+
+
+def kv_pool_blocks(total: int, free: int, reserved: int, peak: int, utilization: float, block_bytes: int) -> int:
+    """Blocks that fit in `utilization` of a GPU's `total` bytes, after what other processes hold
+    (total - free - this process's `reserved`) and this process's `peak` (weights and the warm-up's
+    activations)."""
+    others = total - free - reserved
+    return max(0, int(total * utilization) - others - peak) // block_bytes
 
 
 def _padded_tables(seqs: list[Sequence]) -> list[list[int]]:

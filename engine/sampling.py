@@ -70,10 +70,14 @@ def _is_int(value) -> bool:
 
 
 class Sampler:
-    """Picks one token per row. Rows are independent: each random row draws from its own generator."""
+    """Picks one token per row through the selected ops' sampler (kernels.reference.sample's contract):
+    budget masks and vocabulary padding, temperature, top-k, top-p, greedy rows. A random row's draw is
+    one uniform number from its own generator (kept on the CPU), so a request's tokens depend only on
+    its seed, never on the batch it ran in."""
 
-    def __init__(self, vocab_size: int):
+    def __init__(self, vocab_size: int, sample_fn):
         self.vocab_size = vocab_size  # ids at or above it are padded embedding rows, never sampled
+        self.sample_fn = sample_fn
 
     def __call__(
         self,
@@ -82,32 +86,14 @@ class Sampler:
         generators: list[torch.Generator],
         masked_ids: list[frozenset[int]],
     ) -> list[int]:
-        logits = logits[:, : self.vocab_size].float()
+        masked = torch.full((len(params), max(1, *map(len, masked_ids))), -1, dtype=torch.long)
         for row, ids in enumerate(masked_ids):
-            if ids:
-                logits[row, list(ids)] = float("-inf")
-        greedy = logits.argmax(dim=-1).tolist()
-        random_rows = [i for i, p in enumerate(params) if p.temperature > 0]
-        if not random_rows:
-            return greedy
-        probs = _filtered_probs(logits[random_rows], [params[i] for i in random_rows])
-        for row, p in zip(random_rows, probs):
-            greedy[row] = torch.multinomial(p, 1, generator=generators[row]).item()
-        return greedy
-
-
-def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-    temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=logits.device)
-    logits = logits / temperature[:, None]
-    if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        vocab = logits.shape[-1]
-        top_k = torch.tensor([p.top_k or vocab for p in params], device=logits.device)
-        ranks = torch.arange(vocab, device=logits.device)
-        sorted_logits = sorted_logits.masked_fill(ranks[None, :] >= top_k[:, None], float("-inf"))
-        top_p = torch.tensor([p.top_p for p in params], dtype=logits.dtype, device=logits.device)
-        sorted_probs = sorted_logits.softmax(dim=-1)
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p[:, None], float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits.softmax(dim=-1)
+            masked[row, : len(ids)] = torch.tensor(sorted(ids), dtype=torch.long)
+        uniform = torch.zeros(len(params), dtype=torch.float64)
+        for row, (p, generator) in enumerate(zip(params, generators)):
+            if p.temperature > 0:
+                uniform[row] = torch.rand((), dtype=torch.float64, generator=generator)
+        host = (torch.tensor([p.temperature for p in params]), torch.tensor([p.top_k for p in params]),
+                torch.tensor([p.top_p for p in params]), uniform, masked)
+        temperature, top_k, top_p, uniform, masked = (t.to(logits.device, non_blocking=True) for t in host)
+        return self.sample_fn(logits, self.vocab_size, temperature, top_k, top_p, uniform, masked).tolist()

@@ -1,4 +1,4 @@
-"""The one interface the engine's model calls for attention, norms, rotary and the activation.
+"""The one interface the engine calls for attention, norms, rotary, the activation and sampling.
 
 TorchOps is the engine's CPU-tuned plain-torch path; TritonOps runs this package's kernels. The model
 never asks which device it is on: the runner picks the ops once (select_ops) and builds the attention
@@ -32,6 +32,7 @@ class TorchOps:
 
     rotary_ = staticmethod(reference.rotary_)
     silu_and_mul = staticmethod(reference.silu_and_mul)
+    sample = staticmethod(reference.sample)
 
 
 class TritonOps:
@@ -39,11 +40,11 @@ class TritonOps:
     flat_metadata = True
 
     def __init__(self):
-        from kernels import activation, decode_attention, extend_attention, rms_norm, rotary, store_kv
+        from kernels import activation, decode_attention, extend_attention, rms_norm, rotary, sample, store_kv
 
         self._store_kv, self._decode = store_kv.store_kv, decode_attention.decode_attention
         self._extend, self._norm, self._add_norm = extend_attention.extend_attention, rms_norm.rms_norm, rms_norm.add_rms_norm
-        self.rotary_, self.silu_and_mul = rotary.rotary_, activation.silu_and_mul
+        self.rotary_, self.silu_and_mul, self.sample = rotary.rotary_, activation.silu_and_mul, sample.sample
 
     def attention(self, q, kv, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         self._store_kv(kv, kv_cache, meta.slot_mapping)

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 
 def store_kv(kv: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """kv: [T, 2, KV, D] (keys then values) -> cache [2, KV, N, bs, D] at flat slots slot_mapping [T]."""
-    kv_cache.flatten(2, 3).index_copy_(2, slot_mapping, kv.permute(1, 2, 0, 3))
+    """kv: [T, 2, KV, D] (keys then values) -> cache [2, KV, N, bs, D] at flat slots slot_mapping [T] (-1: none)."""
+    stored = slot_mapping >= 0
+    kv_cache.flatten(2, 3).index_copy_(2, slot_mapping[stored], kv[stored].permute(1, 2, 0, 3))
 
 
 def _pages(kv_cache: torch.Tensor, table: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,3 +73,41 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x: [T, 2I] (gate then up) -> silu(gate) * up, [T, I]."""
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def sample(logits: torch.Tensor, vocab_size: int, temperature: torch.Tensor, top_k: torch.Tensor,
+           top_p: torch.Tensor, uniform: torch.Tensor, masked_ids: torch.Tensor) -> torch.Tensor:
+    """One token per row of logits [B, >= vocab_size] (columns from vocab_size on are padding, never taken).
+
+    masked_ids [B, M]: ids set to -inf first (budget masks), -1 for none. A row with temperature 0 takes
+    its first argmax. Any other row divides by its temperature, keeps its top_k tokens (0: all), then the
+    smallest most-likely set holding top_p of their mass, and takes the first token, in vocabulary
+    order, whose cumulative kept probability exceeds uniform[row] (in [0, 1)) times the kept mass: one
+    number per row from the request's own generator decides the draw. Returns [B] int64.
+    """
+    rows, slots = (masked_ids >= 0).nonzero(as_tuple=True)
+    x = logits[:, :vocab_size].float().index_put((rows, masked_ids[rows, slots]), torch.tensor(float("-inf")))
+    tokens = x.argmax(dim=-1)
+    drawn = (temperature > 0).nonzero().flatten()
+    if len(drawn) == 0:
+        return tokens
+    x = x[drawn] / temperature[drawn, None].float()
+    top_k, top_p = top_k[drawn], top_p[drawn]
+    kept = _top_k_top_p(x, top_k, top_p) if ((top_k > 0) | (top_p < 1)).any() else x
+    cdf = (kept - x.max(dim=-1, keepdim=True).values).exp().double().cumsum(dim=-1)
+    target = uniform[drawn].double() * cdf[:, -1]
+    tokens[drawn] = torch.searchsorted(cdf, target[:, None], right=True).flatten().clamp(max=vocab_size - 1)
+    return tokens
+
+
+def _top_k_top_p(x: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """x with -inf outside each row's top_k (0: all), then outside the smallest most-likely set holding
+    top_p of the remaining mass."""
+    sorted_x, order = x.sort(dim=-1, descending=True)
+    ranks = torch.arange(x.shape[-1], device=x.device)
+    k = torch.where(top_k > 0, top_k, x.shape[-1])
+    sorted_x = sorted_x.masked_fill(ranks[None, :] >= k[:, None], float("-inf"))
+    sorted_probs = sorted_x.double().softmax(dim=-1)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_x = sorted_x.masked_fill(mass_before >= top_p[:, None].double(), float("-inf"))
+    return torch.full_like(x, float("-inf")).scatter(-1, order, sorted_x)

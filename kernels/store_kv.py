@@ -1,4 +1,5 @@
-"""KV store: each new token's keys and values into its paged-cache slot, through slot_mapping."""
+"""KV store: each new token's keys and values into its paged-cache slot, through slot_mapping. A slot of
+-1 stores nothing (the padded rows of a CUDA-graph batch)."""
 import torch
 import triton
 import triton.language as tl
@@ -12,14 +13,15 @@ def _store_kv_kernel(kv_ptr, cache_ptr, slot_ptr, stride_kv_t, stride_kv_c, stri
     slot = tl.load(slot_ptr + token).to(tl.int64)
     rows, dims = tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_D)  # a row per (keys or values, KV head)
     kind, head = rows // NUM_KV_HEADS, rows % NUM_KV_HEADS
-    mask = (rows < 2 * NUM_KV_HEADS)[:, None] & (dims < HEAD_DIM)[None, :]
+    num_rows = tl.where(slot >= 0, 2 * NUM_KV_HEADS, 0)
+    mask = (rows < num_rows)[:, None] & (dims < HEAD_DIM)[None, :]
     src = kv_ptr + token * stride_kv_t + (kind * stride_kv_c + head * stride_kv_h)[:, None] + dims[None, :]
     dst = cache_ptr + (kind * stride_cache_c + head * stride_cache_h)[:, None] + slot * HEAD_DIM + dims[None, :]
     tl.store(dst, tl.load(src, mask=mask), mask=mask)
 
 
 def store_kv(kv: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """kv: [T, 2, KV, D] (keys then values) -> cache [2, KV, N, bs, D] at flat slots slot_mapping [T]."""
+    """kv: [T, 2, KV, D] (keys then values) -> cache [2, KV, N, bs, D] at flat slots slot_mapping [T] (-1: none)."""
     num_tokens, _, num_kv_heads, head_dim = kv.shape
     if kv.stride(-1) != 1 or kv_cache.stride(2) != kv_cache.shape[3] * head_dim or kv_cache.stride(-1) != 1:
         raise ValueError("store_kv needs each head's dims contiguous and the cache's blocks packed [N, bs, D]")

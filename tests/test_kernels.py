@@ -7,7 +7,7 @@ from kernels.interpret import enable_interpreter
 
 enable_interpreter()  # before any kernel module is imported: @triton.jit reads it then
 
-from kernels import activation, decode_attention, extend_attention, reference, rms_norm, rotary, store_kv
+from kernels import activation, decode_attention, extend_attention, reference, rms_norm, rotary, sample, store_kv
 
 DTYPES = (torch.float32, torch.float16)
 # (atol, rtol) per dtype. fp16 attention rounds the softmax weights to fp16 for the P @ V dot, as on a GPU.
@@ -66,12 +66,18 @@ def test_store_kv(dtype, head_dim, block_size):
     cache = randn(2, num_kv_heads, num_blocks, block_size, head_dim, dtype=dtype, gen=gen)
     expected = cache.clone()
     slots = torch.randperm(num_blocks * block_size, generator=gen)[:num_tokens]
+    slots[::5] = -1  # padded rows of a graph batch: nothing stored
     # a view into a fused qkv projection, as the model passes it
     qkv = randn(num_tokens, 4 + 2 * num_kv_heads, head_dim, dtype=dtype, gen=gen)
     kv = qkv[:, 4:].view(num_tokens, 2, num_kv_heads, head_dim)
+    original = cache.clone()
     reference.store_kv(kv, expected, slots)
     store_kv.store_kv(kv, cache, slots)
     assert torch.equal(cache, expected)
+    stored = slots >= 0
+    assert torch.equal(cache.flatten(2, 3)[:, :, slots[stored]], kv[stored].permute(1, 2, 0, 3))
+    untouched = torch.ones(num_blocks * block_size, dtype=torch.bool).index_fill_(0, slots[stored], False)
+    assert torch.equal(cache.flatten(2, 3)[:, :, untouched], original.flatten(2, 3)[:, :, untouched])
 
 
 DECODE_CASES = [(d, h, g, bs) for d in DTYPES for h in (64, 128) for g in GQA for bs in (16, 32)]
@@ -166,3 +172,59 @@ def test_silu_and_mul(dtype, intermediate):
     gen = generator("silu", dtype, intermediate)
     x = randn(5, 2 * intermediate, dtype=dtype, gen=gen) * 3
     assert_close(activation.silu_and_mul(x), reference.silu_and_mul(x), ELEMENTWISE_TOL[dtype])
+
+
+# (temperature, top_k, top_p) per row: greedy rows, plain draws, top-k alone, top-p alone, both, top-k = 1,
+# top-k beyond the vocabulary, and a top-p that keeps one token
+SAMPLE_ROWS = [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.9), (1.0, 40, 0.6), (2.0, 1, 1.0),
+               (0.5, 5000, 1.0), (1.0, 0, 1e-6), (0.0, 3, 0.5), (3.0, 0, 0.95)]
+
+
+@pytest.mark.parametrize("vocab,padded", ((300, 320), (9000, 9000)), ids=("padded", "three-tiles"))
+def test_sample(vocab, padded):
+    gen = generator("sample", vocab)
+    rows = SAMPLE_ROWS * 2
+    logits = torch.randn(len(rows), padded, generator=gen) * torch.rand(len(rows), 1, generator=gen) * 6
+    logits[:, vocab:] = 1e4  # padding that would win every draw were it not cut off
+    temperature, top_k, top_p = (torch.tensor(c) for c in zip(*rows))
+    uniform = torch.rand(len(rows), generator=gen, dtype=torch.float64)
+    # budget masks: the row's argmax (so masking shows), another id, or none
+    masked = torch.full((len(rows), 2), -1)
+    masked[::2, 0] = logits[::2, :vocab].argmax(-1)
+    masked[::3, 1] = torch.randint(0, vocab, (len(masked[::3]),), generator=gen)
+    args = (logits, vocab, temperature, top_k, top_p, uniform, masked)
+    expected, actual = reference.sample(*args), sample.sample(*args)
+    assert not (masked == actual[:, None]).any() and (actual < vocab).all()
+    greedy = temperature == 0
+    assert torch.equal(actual[greedy], expected[greedy])
+    for row in (~greedy).nonzero().flatten().tolist():
+        if actual[row] != expected[row]:  # allowed only where the target sits on a cdf step, within rounding
+            assert _target_on_a_step(logits[row:row + 1], vocab, rows[row], uniform[row], masked[row], actual[row]), row
+
+
+def _target_on_a_step(logits, vocab, row_params, uniform, masked, token) -> bool:
+    temperature, top_k, top_p = row_params
+    x = logits[0, :vocab].clone()
+    x[masked[masked >= 0]] = float("-inf")
+    probs = (x / temperature).double().softmax(-1)
+    cdf = probs.cumsum(-1) / probs.sum()
+    return min(abs(cdf[int(token)] - uniform), abs(cdf[int(token) - 1] - uniform)) < 1e-6
+
+
+def test_sample_reference_draws_follow_the_filtered_distribution():
+    """Many draws of one row with fresh uniforms land on each kept token about as often as its probability
+    (the kernel is held to the reference row by row above)."""
+    gen = generator("sample-freq")
+    vocab, draws = 50, 4000
+    logits = (torch.randn(1, vocab, generator=gen) * 2).expand(draws, vocab).contiguous()
+    ones = torch.ones(draws)
+    tokens = reference.sample(logits, vocab, ones * 0.8, torch.full((draws,), 10), ones * 0.8,
+                           torch.rand(draws, generator=gen, dtype=torch.float64), torch.full((draws, 1), -1))
+    probs = (logits[0] / 0.8).softmax(-1)
+    top = probs.topk(10)
+    top_probs = top.values / top.values.sum()  # top-p applies to the top-k tokens' renormalised mass
+    keep = top.indices[(top_probs.cumsum(0) - top_probs) < 0.8]
+    expected = torch.zeros(vocab).index_put_((keep,), probs[keep] / probs[keep].sum())
+    observed = torch.bincount(tokens, minlength=vocab).double() / draws
+    assert set(tokens.tolist()) <= set(keep.tolist())
+    assert (observed - expected).abs().max() < 0.03

@@ -9,6 +9,7 @@ from kernels.interpret import enable_interpreter
 enable_interpreter()  # before any kernel module is imported: @triton.jit reads it then
 
 from engine import LLM, SamplingParams, ThinkingBudget  # noqa: E402
+from engine.graphs import replay_eagerly  # noqa: E402
 from kernels.ops import TorchOps, TritonOps, select_ops  # noqa: E402
 
 BUDGET = ThinkingBudget(max_tokens=8, num_ignore=1, final_answer_str="Final Answer:")
@@ -65,3 +66,44 @@ def test_llm_rejects_an_unknown_kernels_choice(make_model):
     with pytest.raises(ValueError, match="kernels must be one of"):
         LLM(model=make_model("llama"), kernels="cuda")
     assert LLM(model=make_model("llama"), kernels="auto").core.runner.ops.name == "torch"  # CPU tensors
+
+
+def test_decode_graphs_give_the_eager_tokens(make_model):
+    """Decode steps through DecodeGraphs (static buffers, batches padded up the ladder; the CPU stand-in
+    replays by running the forward again) give the eager engine's tokens; splices still go eagerly
+    through the extend path, and padded rows leave the cache as it was."""
+    path = make_model("llama", seed=11, end_token=1, hf_init=True)
+    prompts = [[5, 6, 7], list(range(100, 119)), [8, 9], list(range(200, 230)), [11] * 5]
+    params = [SamplingParams(max_tokens=20, budget=BUDGET), SamplingParams(max_tokens=12),
+              SamplingParams(max_tokens=20, budget=BUDGET), SamplingParams(max_tokens=9, temperature=0.9, seed=3),
+              SamplingParams(max_tokens=16, budget=BUDGET)]
+    eager = LLM(model=path, kernels="triton", max_num_seqs=6, num_blocks=24)
+    expected = [o.token_ids for o in eager.generate(prompts, params, use_tqdm=False)]
+    graphed = LLM(model=path, kernels="triton", max_num_seqs=6, num_blocks=24)
+    runner = graphed.core.runner
+    runner.capture_decode_graphs(6, graphed.max_model_len, capture=replay_eagerly)
+    assert runner.graphs.sizes == [1, 2, 4, 6]
+    calls = []
+    run = runner.graphs.run
+    runner.graphs.run = lambda *args: calls.append(len(args[0])) or run(*args)
+    outputs = graphed.generate(prompts, params, use_tqdm=False)
+    assert [o.token_ids for o in outputs] == expected
+    assert {3, 5} & set(calls), "no batch was padded up the ladder"
+    assert any(o.num_ignores_used for o in outputs) and graphed.stats()["num_used_blocks"] == 0
+    # the same slots written (padded rows wrote none), to rounding: a padded batch's matmuls round differently
+    assert torch.equal(runner.kv_cache != 0, eager.core.runner.kv_cache != 0)
+    torch.testing.assert_close(runner.kv_cache, eager.core.runner.kv_cache, atol=1e-5, rtol=1e-5)
+
+
+def test_cuda_graphs_need_cuda_and_the_triton_kernels(make_model):
+    path = make_model("llama")
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+        LLM(model=path, cuda_graphs=True)
+    with pytest.raises(ValueError, match="cuda_graphs must be"):
+        LLM(model=path, cuda_graphs="yes")
+    with pytest.raises(ValueError, match="gpu_memory_utilization must be in"):
+        LLM(model=path, gpu_memory_utilization=1.5)
+    llm = LLM(model=path, kernels="torch")
+    assert llm.core.runner.graphs is None  # never on the CPU
+    with pytest.raises(ValueError, match="need kernels='triton'"):
+        llm.core.runner.capture_decode_graphs(4, llm.max_model_len, capture=replay_eagerly)

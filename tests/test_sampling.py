@@ -3,6 +3,7 @@ import torch
 
 from engine import LLM, SamplingParams
 from engine.sampling import Sampler
+from kernels import reference
 from tests.engine_logits import engine_logits
 
 
@@ -20,7 +21,7 @@ def test_seeded_tokens_do_not_depend_on_the_batch(make_model):
 def test_top_k_and_top_p_keep_only_allowed_tokens():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 100, generator=gen) * 3
-    sampler = Sampler(vocab_size=100)
+    sampler = Sampler(100, reference.sample)
     gens = [torch.Generator().manual_seed(i) for i in range(4)]
     top_k = SamplingParams(temperature=1.0, top_k=3)
     top_p = SamplingParams(temperature=1.0, top_p=0.5)

@@ -1,0 +1,27 @@
+"""KV pool sizing: the arithmetic that fits the pool in a GPU after the warm-up step, and the warm-up
+step itself (it runs on any device; the pool it used is replaced and nothing leaks into generation)."""
+from engine import LLM, SamplingParams
+from engine.runner import kv_pool_blocks, warm_up_blocks
+
+GIB = 1 << 30
+
+
+def test_pool_fits_what_the_utilization_leaves():
+    # 80 GiB GPU, another process holds 2 GiB, this one reserved 8 and peaked at 6 (weights + warm-up)
+    total, free, reserved, peak = 80 * GIB, 70 * GIB, 8 * GIB, 6 * GIB
+    assert kv_pool_blocks(total, free, reserved, peak, 0.9, GIB // 4) == int((72 - 2 - 6) * 4)
+    assert kv_pool_blocks(total, free, reserved, peak, 0.1, GIB // 4) == 0  # nothing left: the caller raises
+
+
+def test_warm_up_then_a_fresh_pool_generates_as_before(make_model):
+    path = make_model("qwen3", seed=4)
+    prompts, params = [[5, 6, 7], list(range(40, 90))], SamplingParams(max_tokens=12, temperature=0.7, seed=2)
+    expected = [o.token_ids for o in LLM(model=path, num_blocks=64).generate(prompts, params, use_tqdm=False)]
+    llm = LLM(model=path, num_blocks=64, max_num_batched_tokens=100, max_num_seqs=7)
+    runner = llm.core.runner
+    runner.allocate_kv_cache(warm_up_blocks(100, 7, runner.block_size))
+    runner.warm_up(100, 7)  # 7 sequences of 14-15 tokens, the last blocks part-filled
+    assert runner.kv_cache.abs().sum() > 0
+    runner.allocate_kv_cache(64)
+    assert runner.kv_cache.abs().sum() == 0
+    assert [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == expected
