@@ -4,7 +4,8 @@
     python -m benchmarks.gpu_check --smoke    # the same code paths at tiny sizes, CPU, Triton interpreter
 
 Weights are random (transformers' init), shaped like Qwen2.5-0.5B / 1.5B; the tokenizer is a made-up
-word-level one: nothing is downloaded. Not here yet: CUDA-graph decode (the engine has none).
+word-level one: nothing is downloaded. The engine decodes through CUDA graphs (on the CPU, the smoke
+run replays the same static buffers eagerly) and, for comparison, eagerly.
 """
 import argparse
 import datetime
@@ -31,6 +32,7 @@ KERNEL_SIZES = {
     True: dict(seqs=4, context=40, heads=4, kv_heads=2, head_dim=64, block_size=16, chunk=20, tokens=8,
                hidden=96, intermediate=96),
 }
+SAMPLER_SIZES = {False: dict(rows=64, vocab=151936), True: dict(rows=8, vocab=5000)}
 ENGINE_SIZES = {False: dict(prompt=128, new=128, batches=(1, 64), shapes=("qwen2.5-0.5b", "qwen2.5-1.5b"),
                             nano_seqs=256, nano_len=(100, 1024)),
                 True: dict(prompt=8, new=4, batches=(1, 3), shapes=("tiny",), nano_seqs=4, nano_len=(4, 12))}
@@ -63,7 +65,7 @@ def copy_bandwidth(device: torch.device, smoke: bool) -> float:
 
 
 def kernel_rows(device: torch.device, dtype: torch.dtype, smoke: bool, bandwidth: float) -> list[list[str]]:
-    from kernels import activation, decode_attention, extend_attention, reference, rms_norm, rotary, store_kv
+    from kernels import activation, decode_attention, extend_attention, reference, rms_norm, rotary, sample, store_kv
 
     s = KERNEL_SIZES[smoke]
     gen = torch.Generator(device=device).manual_seed(0)
@@ -83,6 +85,7 @@ def kernel_rows(device: torch.device, dtype: torch.dtype, smoke: bool, bandwidth
     angles = torch.rand(t, 1, hd // 2, generator=gen, device=device) * 100
     freqs = torch.polar(torch.ones_like(angles), angles)
     kv, slots = randn(t, 2, kvh, hd), torch.randperm(num_blocks * bs, device=device)[:t]
+    sampler_args = sampler_inputs(SAMPLER_SIZES[smoke], device, gen)
     cases = {  # name: (kernel call, reference call, bytes moved at least)
         "decode_attention": (lambda m: m.decode_attention(randq, cache, tables, lens), s["seqs"] * s["context"] * 2 * kvh * hd * elt),
         "extend_attention": (lambda m: m.extend_attention(randt, cache, tables[:4], cu, ext_lens, s["chunk"]),
@@ -91,10 +94,11 @@ def kernel_rows(device: torch.device, dtype: torch.dtype, smoke: bool, bandwidth
         "add_rms_norm": (lambda m: m.add_rms_norm(x, res, w, 1e-6)[0], 4 * x.numel() * elt),
         "rotary_": (lambda m: (m.rotary_(qk_work, freqs), qk_work)[1], 2 * qk.numel() * elt),
         "silu_and_mul": (lambda m: m.silu_and_mul(gate_up), 3 * t * inter * elt),
+        "sample": (lambda m: m.sample(*sampler_args), sampler_args[0].numel() * 4),  # fp32 logits, read once at least
     }
     randq, randt = randn(s["seqs"], heads, hd), randn(4 * s["chunk"], heads, hd)
     modules = {"decode_attention": decode_attention, "extend_attention": extend_attention, "store_kv": store_kv,
-               "add_rms_norm": rms_norm, "rotary_": rotary, "silu_and_mul": activation}
+               "add_rms_norm": rms_norm, "rotary_": rotary, "silu_and_mul": activation, "sample": sample}
     rows = []
     for name, (call, nbytes) in cases.items():
         qk_work = qk.clone()
@@ -105,12 +109,30 @@ def kernel_rows(device: torch.device, dtype: torch.dtype, smoke: bool, bandwidth
             got, want = cache.clone(), cache.clone()
             store_kv.store_kv(kv, got, slots)
             reference.store_kv(kv, want, slots)
-        err = float((got.float() - want.float()).abs().max() / want.float().abs().max())
+        if name == "sample":  # tokens: equal, or (rarely) a draw landing on a step of the cdf within rounding
+            err = f"{int((got != want).sum())}/{len(got)} tokens differ"
+        else:
+            err = f"{float((got.float() - want.float()).abs().max() / want.float().abs().max()):.1e}"
         qk_work = qk.clone()
         seconds = timed(lambda: call(modules[name]), device, 1 if smoke else 20)
-        rows.append([name, f"{err:.1e}", f"{seconds * 1e6:.1f}", f"{nbytes / seconds / 1e9:.1f}",
+        rows.append([name, err, f"{seconds * 1e6:.1f}", f"{nbytes / seconds / 1e9:.1f}",
                      f"{nbytes / seconds / bandwidth:.0%}"])
     return rows
+
+
+def sampler_inputs(size: dict, device: torch.device, gen: torch.Generator) -> tuple:
+    """A decode batch's sampler call: a quarter greedy, a quarter plain draws, half top-k 50 + top-p 0.9;
+    every other row with one budget-masked id."""
+    rows, vocab = size["rows"], size["vocab"]
+    logits = torch.randn(rows, vocab, generator=gen, device=device) * 4
+    quarter = torch.arange(rows, device=device) * 4 // rows
+    temperature = torch.where(quarter == 0, 0.0, 0.8)
+    top_k = torch.where(quarter >= 2, 50, 0)
+    top_p = torch.where(quarter >= 2, 0.9, 1.0)
+    uniform = torch.rand(rows, generator=gen, device=device, dtype=torch.float64)
+    masked = torch.full((rows, 1), -1, device=device)
+    masked[::2, 0] = logits[::2].argmax(-1)
+    return logits, vocab, temperature, top_k, top_p, uniform, masked
 
 
 def word_tokenizer(out: Path, size: int = 1000) -> None:
@@ -136,39 +158,71 @@ def random_model(shape: str, out: Path, device: torch.device, dtype: torch.dtype
     return model
 
 
+def engine_llm(path: Path, device, dtype, kernels: str, max_num_seqs: int, graphs: bool):
+    from engine import LLM
+    from engine.graphs import replay_eagerly
+
+    llm = LLM(model=path, device=device, dtype=dtype, kernels=kernels, max_num_seqs=max_num_seqs,
+              num_blocks=None if device.type == "cuda" else 32,  # smoke: narrow static tables, a quicker interpreter
+              cuda_graphs=graphs and device.type == "cuda")
+    if graphs and device.type != "cuda":  # the CPU stand-in: the graphs' static buffers and padding, replayed eagerly
+        llm.core.runner.capture_decode_graphs(max_num_seqs, llm.max_model_len, capture=replay_eagerly)
+    return llm
+
+
 def engine_rows(device, dtype, smoke: bool, bandwidth: float, kernels: str, work: Path) -> list[list[str]]:
-    from engine import LLM, SamplingParams
+    from engine import SamplingParams
 
     s = ENGINE_SIZES[smoke]
     rng = random.Random(0)
+    max_num_seqs = max(s["batches"]) if smoke else 256
     rows = []
     for shape in s["shapes"]:
         path = work / shape
         hf = random_model(shape, path, device, dtype)
         weight_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
-        llm = LLM(model=path, device=device, dtype=dtype, kernels=kernels, max_num_seqs=max(s["batches"]) if smoke else 256)
-        for batch in s["batches"]:
-            prompts = [[rng.randrange(3, 1000) for _ in range(s["prompt"])] for _ in range(batch)]
-            params = SamplingParams(max_tokens=s["new"], ignore_eos=True)
-            llm.generate(prompts[:1], SamplingParams(max_tokens=2, ignore_eos=True), use_tqdm=False)  # warm-up
-            seconds = _wall(lambda: llm.generate(prompts, params, use_tqdm=False), device)
-            engine_tps = batch * s["new"] / seconds
+        decode = {batch: [[rng.randrange(3, 1000) for _ in range(s["prompt"])] for _ in range(batch)] for batch in s["batches"]}
+        lo, hi = s["nano_len"]
+        nano_prompts = [[rng.randrange(3, 1000) for _ in range(rng.randint(lo, hi))] for _ in range(s["nano_seqs"])]
+        nano_params = [SamplingParams(max_tokens=rng.randint(lo, hi), ignore_eos=True) for _ in nano_prompts]
+        tps = {}
+        for graphs in (True, False):
+            llm = engine_llm(path, device, dtype, kernels, max_num_seqs, graphs)
+            llm.generate(decode[s["batches"][0]][:1], SamplingParams(max_tokens=2, ignore_eos=True), use_tqdm=False)
+            for batch, prompts in decode.items():
+                params = SamplingParams(max_tokens=s["new"], ignore_eos=True)
+                tps[graphs, batch] = batch * s["new"] / _wall(lambda: llm.generate(prompts, params, use_tqdm=False), device)
+            if graphs:
+                nano_seconds = _wall(lambda: llm.generate(nano_prompts, nano_params, use_tqdm=False), device)
+            del llm
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        for batch, prompts in decode.items():
             ids = torch.tensor(prompts, device=device)
             hf_seconds = _wall(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=s["new"],
                                                    min_new_tokens=s["new"], do_sample=False, pad_token_id=2), device)
+            hf_tps = batch * s["new"] / hf_seconds
             roofline = batch * bandwidth / weight_bytes  # every step reads the weights once (KV ignored)
-            rows.append([f"{shape} decode, batch {batch}", f"{engine_tps:.1f}", f"{batch * s['new'] / hf_seconds:.1f}",
-                         f"{engine_tps * hf_seconds / (batch * s['new']):.2f}x", f"{engine_tps / roofline:.0%}"])
-        lo, hi = s["nano_len"]
-        prompts = [[rng.randrange(3, 1000) for _ in range(rng.randint(lo, hi))] for _ in range(s["nano_seqs"])]
-        params = [SamplingParams(max_tokens=rng.randint(lo, hi), ignore_eos=True) for _ in prompts]
-        seconds = _wall(lambda: llm.generate(prompts, params, use_tqdm=False), device)
-        total = sum(p.max_tokens for p in params)
-        rows.append([f"{shape} nano-vllm run, {len(prompts)} seqs", f"{total / seconds:.1f}", "", "", ""])
-        del llm, hf
+            rows.append([f"{shape} decode, batch {batch}", f"{tps[True, batch]:.1f}", f"{tps[False, batch]:.1f}",
+                         f"{hf_tps:.1f}", f"{tps[True, batch] / hf_tps:.2f}x", f"{tps[True, batch] / roofline:.0%}"])
+        total = sum(p.max_tokens for p in nano_params)
+        hf_tps = total / _wall(lambda: hf_padded_generate(hf, nano_prompts, max(p.max_tokens for p in nano_params), device), device)
+        rows.append([f"{shape} nano-vllm run, {len(nano_prompts)} seqs", f"{total / nano_seconds:.1f}", "",
+                     f"{hf_tps:.1f}", f"{total / nano_seconds / hf_tps:.2f}x", ""])
+        del hf
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+def hf_padded_generate(hf, prompts: list[list[int]], new_tokens: int, device: torch.device) -> None:
+    """transformers serving the same requests as one left-padded batch, run to the longest output (a
+    static batch's cost; only the requested tokens are counted)."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[2] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                pad_token_id=2)
 
 
 def _wall(fn, device: torch.device) -> float:
@@ -208,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
                      kernel_rows(device, kernel_dtype, args.smoke, bandwidth)))
     with tempfile.TemporaryDirectory() as work:
         rows = engine_rows(device, dtype, args.smoke, bandwidth, kernels, Path(work))
-    out += ["", table(["engine run", "engine tok/s", "transformers generate tok/s", "ratio", "of weight roofline"], rows),
-            "", "Decode runs prefill + decode (tok/s over new tokens); no CUDA graphs yet.", ""]
+    out += ["", table(["engine run", "engine tok/s (graphs)", "engine tok/s (eager)", "transformers generate tok/s",
+                       "ratio (graphs)", "of weight roofline"], rows),
+            "", "Decode runs prefill + decode (tok/s over new tokens). The nano-vllm run's transformers column is one "
+            "left-padded batch run to the longest output, counting only the requested tokens.", ""]
     text = "\n".join(out)
     print(text)
     if results is not None:

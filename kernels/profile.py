@@ -2,8 +2,9 @@
 
     python -m kernels.profile [--model DIR | --shape qwen2.5-0.5b] [--batch 32] [--context 256] [--trace t.json]
 
-CPU today (the torch path); on CUDA it profiles the Triton kernels ("auto"). Prints, per step kind, the
-ops by self time with their share of the step's wall time; what no op accounts for is Python/dispatch.
+CPU today (the torch path); on CUDA it profiles the Triton kernels ("auto"), launched eagerly so each
+shows (--cuda-graphs profiles the replayed decode step instead). Prints, per step kind, the ops by self
+time with their share of the step's wall time; what no op accounts for is Python/dispatch.
 """
 import argparse
 import tempfile
@@ -19,7 +20,7 @@ CATEGORIES = (  # (category, substrings of op names), first match wins
     ("norm", ("rms_norm", "_rms_norm")),
     ("rotary", ("complex", "_rotary")),
     ("activation", ("silu",)),
-    ("sampling", ("multinomial", "softmax", "sort", "topk", "argmax", "cumsum", "exponential")),
+    ("sampling", ("_sample", "softmax", "sort", "topk", "argmax", "cumsum", "searchsorted", "index_put")),
 )
 
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="decode steps profiled")
     parser.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"))
     parser.add_argument("--device")
+    parser.add_argument("--cuda-graphs", action="store_true", help="on CUDA, replay decode steps as graphs")
     parser.add_argument("--trace", type=Path, help="write Chrome traces here (-prefill/-decode appended)")
     args = parser.parse_args(argv)
     from engine import LLM, SamplingParams
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             model = Path(work) / args.shape
             random_model(args.shape, model, device, dtype)
         llm = LLM(model=model, device=args.device, kernels=args.kernels, max_num_seqs=max(args.batch, 1),
-                  max_num_batched_tokens=max(2048, args.batch * args.context))
+                  max_num_batched_tokens=max(2048, args.batch * args.context), cuda_graphs=args.cuda_graphs)
         params = SamplingParams(max_tokens=args.steps + 3, ignore_eos=True)
         for i in range(args.batch):
             llm.add_request([3 + (i * 7 + j) % 900 for j in range(args.context)], params)

@@ -1,0 +1,15 @@
+"""python -m kernels.profile on the CPU: per-category times of decode and prefill steps, and traces."""
+from kernels import profile
+
+
+def test_profile_prints_categories_and_writes_traces(make_model, tmp_path, capsys):
+    path = make_model("qwen2", seed=3)
+    profile.main(["--model", str(path), "--batch", "3", "--context", "20", "--steps", "2",
+                  "--trace", str(tmp_path / "t.json")])
+    out = capsys.readouterr().out
+    prefill, decode = out.split("\nprefill: ")[1].split("\ndecode: ")
+    for section in (prefill, decode):
+        for cat in ("matmul", "attention", "norm", "sampling", "Python/dispatch"):
+            assert f"  {cat} " in section, (cat, section)
+    assert decode.startswith("2 step(s)")
+    assert (tmp_path / "t-prefill.json").stat().st_size > 0 and (tmp_path / "t-decode.json").stat().st_size > 0
