@@ -9,6 +9,7 @@ run replays the same static buffers eagerly) and, for comparison, eagerly.
 """
 import argparse
 import datetime
+import gc
 import random
 import sys
 import tempfile
@@ -195,6 +196,7 @@ def engine_rows(device, dtype, smoke: bool, bandwidth: float, kernels: str, work
             if graphs:
                 nano_seconds = _wall(lambda: llm.generate(nano_prompts, nano_params, use_tqdm=False), device)
             del llm
+            gc.collect()  # the next engine sizes its pool from what is free: none of this one may linger
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         for batch, prompts in decode.items():
@@ -210,6 +212,7 @@ def engine_rows(device, dtype, smoke: bool, bandwidth: float, kernels: str, work
         rows.append([f"{shape} nano-vllm run, {len(nano_prompts)} seqs", f"{total / nano_seconds:.1f}", "",
                      f"{hf_tps:.1f}", f"{total / nano_seconds / hf_tps:.2f}x", ""])
         del hf
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows

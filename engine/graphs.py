@@ -58,6 +58,9 @@ class DecodeGraphs:
         self.context_lens = torch.ones(n, dtype=torch.long, device=device)
         self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.long, device=device)
         rows = torch.arange(n + 1, device=device)
+        # one logits buffer for every graph: each copies its output into the first rows, so no graph keeps
+        # an output of its own alive in the pool
+        self.logits = torch.empty(n, model.cfg.vocab_size, dtype=torch.float32, device=device)
         self.num_replays = 0
         self._replays: dict[int, Replay] = {}
         pool = torch.cuda.graph_pool_handle() if device.type == "cuda" else None
@@ -67,7 +70,7 @@ class DecodeGraphs:
                 context_lens=[], cu_seqlens_q=list(range(size + 1)), block_tables=self.block_tables[:size],
                 is_prefill=False, workspace=kv_cache.new_empty(0), context_lens_tensor=self.context_lens[:size],
                 cu_seqlens_q_tensor=rows[: size + 1], max_query_len=1)
-            forward = _bind(model, self.input_ids[:size], meta, kv_cache, rows[:size])
+            forward = _bind(model, self.input_ids[:size], meta, kv_cache, rows[:size], self.logits[:size])
             self._replays[size] = capture(forward, pool)
 
     @property
@@ -92,5 +95,6 @@ class DecodeGraphs:
         return self._replays[size]()[:n]
 
 
-def _bind(model: DecoderModel, input_ids, meta: AttentionMetadata, kv_cache, logits_indices) -> Callable[[], torch.Tensor]:
-    return lambda: model(input_ids, meta, kv_cache, logits_indices)
+def _bind(model: DecoderModel, input_ids, meta: AttentionMetadata, kv_cache, logits_indices,
+          out: torch.Tensor) -> Callable[[], torch.Tensor]:
+    return lambda: out.copy_(model(input_ids, meta, kv_cache, logits_indices))

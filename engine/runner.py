@@ -46,9 +46,12 @@ class ModelRunner:
         self.graphs = DecodeGraphs(self.model, self.kv_cache, max_num_seqs, -(-max_model_len // self.block_size), capture)
 
     def warm_up(self, num_tokens: int, num_seqs: int) -> None:
-        """One prefill step of num_tokens tokens over num_seqs sequences, then a sampling of their rows: the
-        largest step the engine takes, so the memory peak after it bounds what any step needs. Needs
-        warm_up_blocks(num_tokens, num_seqs, block_size) blocks; it writes only the pool's blocks."""
+        """The largest step the engine takes, so the memory peak after it bounds what any step needs: a
+        prefill of num_tokens tokens over up to num_seqs sequences (none longer than the model's
+        positions) with logits at every position and their log-softmax (as prompt scoring has), then
+        a sampling of the sequences' rows. Needs warm_up_blocks(num_tokens, num_seqs, block_size)
+        blocks; it writes only the pool's blocks."""
+        num_tokens = min(num_tokens, num_seqs * self.cfg.max_position_embeddings)
         num_seqs = min(num_seqs, num_tokens)
         lens = [num_tokens // num_seqs + (i < num_tokens % num_seqs) for i in range(num_seqs)]
         seqs, next_block = [], 0
@@ -57,9 +60,11 @@ class ModelRunner:
             seq.block_table = list(range(next_block, next_block + -(-n // self.block_size)))
             next_block += len(seq.block_table)
             seqs.append(seq)
-        logits = self.run(ScheduledBatch(seqs, lens, is_prefill=True))
+        logits = self.run(ScheduledBatch(seqs, lens, is_prefill=True), all_positions=True)
+        torch.log_softmax(logits.float(), dim=-1)
+        last = logits[torch.tensor(lens, device=self.device).cumsum(0) - 1]
         rows = len(seqs)
-        self.ops.sample(logits, logits.shape[1], torch.ones(rows, device=self.device),
+        self.ops.sample(last, last.shape[1], torch.ones(rows, device=self.device),
                         torch.full((rows,), 50, device=self.device), torch.full((rows,), 0.9, device=self.device),
                         torch.rand(rows, dtype=torch.float64, device=self.device),
                         torch.full((rows, 1), -1, device=self.device))

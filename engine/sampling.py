@@ -86,7 +86,8 @@ class Sampler:
         generators: list[torch.Generator],
         masked_ids: list[frozenset[int]],
     ) -> list[int]:
-        masked = torch.full((len(params), max(1, *map(len, masked_ids))), -1, dtype=torch.long)
+        width = 1 << (max(1, *map(len, masked_ids)) - 1).bit_length()  # a power of two: few kernel variants
+        masked = torch.full((len(params), width), -1, dtype=torch.long)
         for row, ids in enumerate(masked_ids):
             masked[row, : len(ids)] = torch.tensor(sorted(ids), dtype=torch.long)
         uniform = torch.zeros(len(params), dtype=torch.float64)

@@ -186,6 +186,7 @@ def test_sample(vocab, padded):
     rows = SAMPLE_ROWS * 2
     logits = torch.randn(len(rows), padded, generator=gen) * torch.rand(len(rows), 1, generator=gen) * 6
     logits[:, vocab:] = 1e4  # padding that would win every draw were it not cut off
+    logits[1::2] = (logits[1::2] * 2).round() / 2  # half the rows full of ties, as bf16 logits are
     temperature, top_k, top_p = (torch.tensor(c) for c in zip(*rows))
     uniform = torch.rand(len(rows), generator=gen, dtype=torch.float64)
     # budget masks: the row's argmax (so masking shows), another id, or none

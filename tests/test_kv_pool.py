@@ -25,3 +25,10 @@ def test_warm_up_then_a_fresh_pool_generates_as_before(make_model):
     runner.allocate_kv_cache(64)
     assert runner.kv_cache.abs().sum() == 0
     assert [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == expected
+
+
+def test_warm_up_keeps_each_sequence_within_the_model_positions(make_model):
+    llm = LLM(model=make_model("llama", seed=5), num_blocks=8)  # the tiny models hold 1024 positions
+    runner = llm.core.runner
+    runner.allocate_kv_cache(warm_up_blocks(3000, 1, runner.block_size))
+    runner.warm_up(3000, 1)  # one sequence can hold only 1024 of the 3000 tokens: no out-of-range position
