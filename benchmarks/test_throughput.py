@@ -1,4 +1,5 @@
-"""Throughput: the engine beside a peer on the same model (the default, CPU fp32) and prompts, in one run.
+"""Throughput: the engine beside a peer on the same model (the default, CPU, fp32 unless BENCH_DTYPE) and
+prompts, in one run.
 
 (a) one request, 128-token prompt, 128 new tokens: `LLM.generate` vs transformers `generate`.
 (b) 32 requests, prompts 32..512 tokens, outputs 16..256 tokens: the engine with all 32 submitted at
@@ -16,7 +17,8 @@ Not part of the test suite (pyproject's testpaths is tests/); run explicitly:
     python -m benchmarks.report /tmp/bench.json
 Env: BENCH_SCALE (default 1) shrinks every length and count for smoke runs; BENCH_ROUNDS and
 BENCH_WARMUP override the rounds; BENCH_HF_BATCH splits (b)'s transformers batch (default: one batch);
-BENCH_THREADS sets torch's thread count for both sides (default: torch's own, one per core).
+BENCH_THREADS sets torch's thread count for both sides (default: torch's own, one per core);
+BENCH_DTYPE=bfloat16 runs both sides' weights in bf16 (default float32; the sides' tokens then agree less).
 On a machine whose cores other jobs share, multi-threaded CPU torch can slow down many times over while
 they run (threads wait on a descheduled sibling at every op): compare rounds, watch loadavg_1m in
 extra_info, or use BENCH_THREADS=1.
@@ -37,6 +39,10 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 if os.environ.get("BENCH_THREADS"):  # both sides share it; 1 is steadier on a machine shared with other jobs
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
 GROUPS = workloads.group_names()
+BENCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+if os.environ.get("BENCH_DTYPE", "float32") not in BENCH_DTYPES:
+    raise ValueError(f"BENCH_DTYPE must be one of {sorted(BENCH_DTYPES)}, got {os.environ['BENCH_DTYPE']!r}")
+DTYPE = BENCH_DTYPES[os.environ.get("BENCH_DTYPE", "float32")]
 
 
 # ---- shared state: one model of each kind per session ----
@@ -49,7 +55,7 @@ def model_dir():
 
 @pytest.fixture(scope="session")
 def llm(model_dir):
-    return LLM(model=model_dir, device="cpu", dtype=torch.float32)
+    return LLM(model=model_dir, device="cpu", dtype=DTYPE)
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +66,7 @@ def cold_cache(llm):
 
 @pytest.fixture(scope="session")
 def hf_model(model_dir):
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPE).eval()
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +87,7 @@ def record(benchmark, scenario: str, role: str, tokens: int, **extra) -> None:
         tokens_per_s_best=tokens / stats.min,
         scale=workloads.scale(),
         threads=torch.get_num_threads(),
+        dtype=str(DTYPE)[6:],
         loadavg_1m=round(os.getloadavg()[0], 2),
         **extra,
     )
@@ -361,7 +368,7 @@ def samples_case(llm):
 
 @pytest.fixture(scope="session")
 def llm_no_cache(model_dir):
-    return LLM(model=model_dir, device="cpu", dtype=torch.float32, enable_prefix_caching=False)
+    return LLM(model=model_dir, device="cpu", dtype=DTYPE, enable_prefix_caching=False)
 
 
 @pytest.mark.benchmark(group=GROUP_E)

@@ -1,6 +1,7 @@
 """LLM: the offline API, a thin facade over the engine core: validate and tokenize, add requests, step
 until they finish, hand back Outputs (or stream deltas)."""
 import random
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -54,6 +55,9 @@ class LLM:
             raise ValueError(f"cuda_graphs must be None (on where possible), True or False, got {cuda_graphs!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        if self.device.type == "cpu" and self.dtype == torch.float16:
+            warnings.warn("float16 matmuls take torch's slow path on most CPUs (10x slower than float32 on the project's "
+                          "box); bfloat16 is the fast half precision on the CPU", stacklevel=2)
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, got {str(self.device)!r}")
         path = default_model_dir() if model is None else Path(model)

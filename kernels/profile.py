@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="decode steps profiled")
     parser.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"))
     parser.add_argument("--device")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: the engine's for the device")
     parser.add_argument("--cuda-graphs", action="store_true", help="on CUDA, replay decode steps as graphs")
     parser.add_argument("--trace", type=Path, help="write Chrome traces here (-prefill/-decode appended)")
     args = parser.parse_args(argv)
@@ -76,10 +77,10 @@ def main(argv: list[str] | None = None) -> None:
             from benchmarks.gpu_check import random_model
 
             device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+            dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
             model = Path(work) / args.shape
-            random_model(args.shape, model, device, dtype)
-        llm = LLM(model=model, device=args.device, kernels=args.kernels, max_num_seqs=max(args.batch, 1),
+            random_model(args.shape, model, device, getattr(torch, dtype))
+        llm = LLM(model=model, device=args.device, dtype=args.dtype, kernels=args.kernels, max_num_seqs=max(args.batch, 1),
                   max_num_batched_tokens=max(2048, args.batch * args.context), cuda_graphs=args.cuda_graphs)
         params = SamplingParams(max_tokens=args.steps + 3, ignore_eos=True)
         for i in range(args.batch):
