@@ -18,7 +18,7 @@ Not part of the test suite (pyproject's testpaths is tests/); run explicitly:
 Env: BENCH_SCALE (default 1) shrinks every length and count for smoke runs; BENCH_ROUNDS and
 BENCH_WARMUP override the rounds; BENCH_HF_BATCH splits (b)'s transformers batch (default: one batch);
 BENCH_THREADS sets torch's thread count for both sides (default: torch's own, one per core);
-BENCH_DTYPE=bfloat16 runs both sides' weights in bf16 (default float32; the sides' tokens then agree less).
+BENCH_DTYPE=bfloat16 or float16 runs both sides in that dtype (default float32; the sides' tokens then agree less).
 On a machine whose cores other jobs share, multi-threaded CPU torch can slow down many times over while
 they run (threads wait on a descheduled sibling at every op): compare rounds, watch loadavg_1m in
 extra_info, or use BENCH_THREADS=1.
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 if os.environ.get("BENCH_THREADS"):  # both sides share it; 1 is steadier on a machine shared with other jobs
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
 GROUPS = workloads.group_names()
-BENCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+BENCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 if os.environ.get("BENCH_DTYPE", "float32") not in BENCH_DTYPES:
     raise ValueError(f"BENCH_DTYPE must be one of {sorted(BENCH_DTYPES)}, got {os.environ['BENCH_DTYPE']!r}")
 DTYPE = BENCH_DTYPES[os.environ.get("BENCH_DTYPE", "float32")]
