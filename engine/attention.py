@@ -113,7 +113,7 @@ def _group_attention(q, kv_cache, group: DecodeGroup, meta: AttentionMetadata) -
         kv = _gather(kv_cache, group.block_tables.view(-1), meta.workspace)
     # [2, KV, n * max_ctx, D] -> keys and values [n, KV, max_ctx, D]
     keys, values = kv.unflatten(2, (num_seqs, -1)).transpose(1, 2)
-    if q.dtype == torch.float32:
+    if q.dtype == torch.float32 or q.device.type != "cpu":
         o = F.scaled_dot_product_attention(q_pad.transpose(1, 2), keys, values, attn_mask=group.attn_mask, enable_gqa=True)
     else:
         o = _grouped_attention(q_pad.transpose(1, 2), keys, values, group.attn_mask)
@@ -122,13 +122,14 @@ def _group_attention(q, kv_cache, group: DecodeGroup, meta: AttentionMetadata) -
 
 
 def _grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """SDPA for a few query tokens in half precision, as two batched matmuls per KV head with the query
-    heads that share it stacked (GQA without copies) and an fp32 softmax: CPU SDPA in bf16 costs ~10x
-    this at decode. q: [n, H, Q, D]; keys, values: [n, KV, C, D]; mask: [n, 1, Q, C] additive."""
+    """SDPA for a few query tokens in half precision on the CPU, as two batched matmuls per KV head with
+    the query heads that share it stacked (GQA without copies) and an fp32 softmax: CPU SDPA in bf16
+    costs ~10x this at decode. q is scaled first, so fp16 scores cannot overflow where SDPA's would
+    not. q: [n, H, Q, D]; keys, values: [n, KV, C, D]; mask: [n, 1, Q, C] additive."""
     n, num_heads, num_q, head_dim = q.shape
     num_kv, ctx = keys.shape[1], keys.shape[2]
     group = num_heads // num_kv
-    scores = (q.reshape(n, num_kv, group * num_q, head_dim) @ keys.transpose(-1, -2)).float() * head_dim ** -0.5
-    scores = scores.view(n, num_kv, group, num_q, ctx) + mask.view(n, 1, 1, num_q, ctx)
-    probs = scores.softmax(dim=-1).to(q.dtype).view(n, num_kv, group * num_q, ctx)
+    scores = ((q * head_dim ** -0.5).reshape(n, num_kv, group * num_q, head_dim) @ keys.transpose(-1, -2)).float()
+    scores.view(n, num_kv, group, num_q, ctx).add_(mask.view(n, 1, 1, num_q, ctx))
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
     return (probs @ values).view(n, num_heads, num_q, head_dim)

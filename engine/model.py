@@ -32,8 +32,9 @@ class DecoderLayer(nn.Module):
         self.cfg = cfg
         q_size, kv_size = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
         # plain parameters, not nn.Linear submodules: a module call costs more than a small decode matmul.
-        # Projections are stored [in, out] (x @ w): a row-vector times it streams faster on CPU; except
-        # down_proj, which streams faster as [out, in] (F.linear's layout) for every batch size measured.
+        # Projections are used as x @ w with w shaped [in, out]: in fp32 a contiguous copy (a row-vector
+        # times it streams faster on CPU), in half precision a view of the [out, in] tensor (see
+        # _fused_state_dict); down_proj is [out, in] in every dtype (faster at every batch size measured).
         self.input_norm = _param(cfg.hidden_size)
         self.qkv_proj = _param(cfg.hidden_size, q_size + 2 * kv_size)
         self.qkv_bias = _param(q_size + 2 * kv_size) if cfg.attention_bias else None

@@ -47,3 +47,18 @@ def test_bf16_engine_follows_transformers_bf16(make_model):
 def test_float16_on_the_cpu_warns(make_model):
     with pytest.warns(UserWarning, match="bfloat16 is fast at both"):
         LLM(model=make_model("llama"), dtype="float16")
+
+
+@pytest.mark.parametrize("arch", ("llama", "qwen2"))  # untied and tied heads in the tiny models
+def test_half_precision_weights_are_views_of_the_checkpoint_layout(make_model, arch):
+    path = make_model(arch, seed=6)
+    fp32, bf16 = (LLM(model=path, dtype=d).core.runner.model for d in ("float32", "bfloat16"))
+    for name in ("qkv_proj", "o_proj", "gate_up_proj"):
+        w32, w16 = getattr(fp32.layers[1], name), getattr(bf16.layers[1], name)
+        assert w32.is_contiguous() and not w16.is_contiguous() and w16.t().is_contiguous()
+        torch.testing.assert_close(w16.float(), w32, atol=0, rtol=1e-2)
+    head = bf16.embed_tokens.weight if bf16.lm_head is None else bf16.lm_head
+    assert torch.equal(bf16.lm_head_t, head.t())
+    x = torch.randn(3, fp32.cfg.hidden_size)
+    torch.testing.assert_close((x.bfloat16() @ bf16.layers[0].qkv_proj).float(), x @ fp32.layers[0].qkv_proj,
+                               atol=5e-2, rtol=5e-2)
