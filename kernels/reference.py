@@ -80,8 +80,8 @@ def sample(logits: torch.Tensor, vocab_size: int, temperature: torch.Tensor, top
     """One token per row of logits [B, >= vocab_size] (columns from vocab_size on are padding, never taken).
 
     masked_ids [B, M]: ids set to -inf first (budget masks), -1 for none. A row with temperature 0 takes
-    its first argmax. Any other row multiplies by 1/temperature, keeps the tokens at least as likely as
-    its top_k-th (0: all), then those whose strictly more likely kept tokens hold less than top_p of
+    its first argmax. Any other row multiplies by 1/temperature, keeps the tokens whose logit is at least
+    its top_k-th largest (0: all), then those whose strictly larger kept logits hold less than top_p of
     the kept mass (ties are kept or dropped together, as in transformers' top-k), and takes the first
     token, in vocabulary order, whose cumulative kept probability exceeds uniform[row] (in [0, 1))
     times the kept mass: one number per row from the request's own generator decides the draw (the
@@ -93,9 +93,9 @@ def sample(logits: torch.Tensor, vocab_size: int, temperature: torch.Tensor, top
     drawn = (temperature > 0).nonzero().flatten()
     if len(drawn) == 0:
         return tokens
-    x = x[drawn] * (1.0 / temperature[drawn, None].float())
+    raw, x = x[drawn], x[drawn] * (1.0 / temperature[drawn, None].float())
     top_k, top_p = top_k[drawn], top_p[drawn]
-    kept = _top_k_top_p(x, top_k, top_p) if ((top_k > 0) | (top_p < 1)).any() else x
+    kept = _top_k_top_p(raw, x, top_k, top_p) if ((top_k > 0) | (top_p < 1)).any() else x
     cdf = (kept - x.max(dim=-1, keepdim=True).values).exp().double().cumsum(dim=-1)
     target = uniform[drawn].double() * cdf[:, -1]
     picked = torch.searchsorted(cdf, target[:, None], right=True).flatten()
@@ -103,18 +103,19 @@ def sample(logits: torch.Tensor, vocab_size: int, temperature: torch.Tensor, top
     return tokens
 
 
-def _top_k_top_p(x: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """x with -inf below each row's top_k-th value (top_k 0: none), then wherever the kept tokens strictly
-    more likely than a token hold top_p or more of the kept mass."""
-    sorted_x, order = x.sort(dim=-1, descending=True)
+def _top_k_top_p(raw: torch.Tensor, x: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """The scaled logits x with -inf where the logits before scaling (raw: the same order, its ties) fall
+    below each row's top_k-th (top_k 0: none), then wherever the kept tokens strictly more likely than a
+    token hold top_p or more of the kept mass."""
+    sorted_raw, order = raw.sort(dim=-1, descending=True)
+    sorted_x = x.gather(-1, order)
     k = torch.where(top_k > 0, top_k, x.shape[-1]).clamp(max=x.shape[-1])
-    kth = sorted_x.gather(-1, (k - 1)[:, None])
-    sorted_x = sorted_x.masked_fill(sorted_x < kth, float("-inf"))
+    sorted_x = sorted_x.masked_fill(sorted_raw < sorted_raw.gather(-1, (k - 1)[:, None]), float("-inf"))
     probs = sorted_x.double().softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs
     # a tie's mass above it is the one before the first of its equals
     ranks = torch.arange(x.shape[-1], device=x.device).expand_as(sorted_x)
-    first_equal = torch.where(sorted_x != sorted_x.roll(1, dims=-1), ranks, 0)
+    first_equal = torch.where(sorted_raw != sorted_raw.roll(1, dims=-1), ranks, 0)
     first_equal[:, 0] = 0
     mass_above = mass_before.gather(-1, first_equal.cummax(dim=-1).values)
     sorted_x = sorted_x.masked_fill(mass_above >= top_p[:, None].double(), float("-inf"))

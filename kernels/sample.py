@@ -2,9 +2,10 @@
 and one draw per row from a number its request's own generator supplied.
 
 A program per row walks the vocabulary in tiles, without sorting. Top-k and top-p become thresholds on
-an order-preserving integer key of each scaled logit, found bit by bit from the most significant (a
-radix select: 32 counting passes for the k-th largest key; 32 mass passes for the smallest key whose
-larger keys hold less than top_p of the mass). Masses accumulate in fp64. The draw is the first kept
+an order-preserving integer key of each logit, found bit by bit from the most significant (a radix
+select: counting passes for the k-th largest key; mass passes for the smallest key whose larger keys
+hold less than top_p of the mass), 32 of each, or 16 when no finite logit uses the keys' low 16 bits
+(logits from a bf16 product). Masses accumulate in fp64. The draw is the first kept
 token whose running probability passes uniform * kept mass (inverse-CDF in vocabulary order), as in
 kernels.reference.sample.
 """
@@ -18,16 +19,16 @@ BLOCK = 4096  # 16 elements a thread at 8 warps; the interpreter's cost is per t
 @triton.jit
 def _scaled_tile(row_ptr, masked_ptr, start, vocab_size, inv_temperature, NUM_MASKED: tl.constexpr,
                  BLOCK: tl.constexpr):
-    """A tile of logits times 1/temperature (budget-masked and padded entries -inf), its ids, validity and keys."""
+    """A tile of logits times 1/temperature (budget-masked and padded entries -inf), its ids, validity, and
+    the keys of the logits before scaling (the same order, ties included)."""
     offs = start + tl.arange(0, BLOCK)
     valid = offs < vocab_size
     x = tl.load(row_ptr + offs, mask=valid, other=float("-inf")).to(tl.float32)
     for i in tl.static_range(NUM_MASKED):
         x = tl.where(offs == tl.load(masked_ptr + i), float("-inf"), x)
-    x = x * inv_temperature
-    bits = x.to(tl.int32, bitcast=True)
+    bits = tl.where(x == 0.0, 0, x.to(tl.int32, bitcast=True))  # -0.0 is +0.0's tie, not below it
     key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64) + 2147483648  # float order, as 0..2^32-1
-    return x, offs, valid, key
+    return x * inv_temperature, offs, valid, key
 
 
 @triton.jit
@@ -36,11 +37,15 @@ def _sample_kernel(logits_ptr, stride_row, vocab_size, temperature_ptr, top_k_pt
     row = tl.program_id(0).to(tl.int64)
     row_ptr, masked_ptr = logits_ptr + row * stride_row, masked_ptr + row * NUM_MASKED
     best, token = tl.full([], float("-inf"), tl.float32), tl.full([], 0, tl.int64)
+    low_bits = tl.full([], 0, tl.int64)
     for start in range(0, vocab_size, BLOCK):  # greedy: the first argmax
         x, offs, valid, key = _scaled_tile(row_ptr, masked_ptr, start, vocab_size, 1.0, NUM_MASKED, BLOCK)
         tile_max = tl.max(x, 0)
         token = tl.where(tile_max > best, start + tl.argmax(x, 0), token)
         best = tl.maximum(best, tile_max)
+        low_bits = tl.maximum(low_bits, tl.max(tl.where(x > float("-inf"), key & 0xFFFF, 0), 0))
+    # logits from a bf16 product carry 16 significant bits: the selects below need only the keys' top 16
+    key_bits = tl.where(low_bits > 0, 32, 16)
     temperature = tl.load(temperature_ptr + row)
     if temperature > 0:
         inv_t = 1.0 / temperature
@@ -49,7 +54,7 @@ def _sample_kernel(logits_ptr, stride_row, vocab_size, temperature_ptr, top_k_pt
         one = tl.full([], 1, tl.int64)
         kth_key = tl.full([], 0, tl.int64)  # keep keys >= it
         if top_k > 0:
-            for i in range(32):
+            for i in range(key_bits):
                 candidate = kth_key | (one << (31 - i))
                 count = tl.full([], 0, tl.int32)
                 for start in range(0, vocab_size, BLOCK):
@@ -63,7 +68,7 @@ def _sample_kernel(logits_ptr, stride_row, vocab_size, temperature_ptr, top_k_pt
         nucleus_key = tl.full([], -1, tl.int64)  # keep keys > it
         if top_p < 1.0:
             nucleus_key = tl.full([], 0, tl.int64)
-            for i in range(32):
+            for i in range(key_bits):
                 candidate = nucleus_key | (one << (31 - i))
                 above = tl.full([], 0.0, tl.float64)
                 for start in range(0, vocab_size, BLOCK):

@@ -186,7 +186,10 @@ def test_sample(vocab, padded):
     rows = SAMPLE_ROWS * 2
     logits = torch.randn(len(rows), padded, generator=gen) * torch.rand(len(rows), 1, generator=gen) * 6
     logits[:, vocab:] = 1e4  # padding that would win every draw were it not cut off
-    logits[1::2] = (logits[1::2] * 2).round() / 2  # half the rows full of ties, as bf16 logits are
+    logits[1::4] = (logits[1::4] * 2).round() / 2  # rows full of ties
+    logits[3::4] = logits[3::4].bfloat16().float()  # rows as a bf16 product gives them: 16-bit keys suffice
+    dense = [2, 4, 12, 14]  # top-k / top-p rows whose logits agree in their top 16 bits: all 32 key bits count
+    logits[dense, :vocab] = 3 + 1e-3 * torch.randn(len(dense), vocab, generator=gen)
     temperature, top_k, top_p = (torch.tensor(c) for c in zip(*rows))
     uniform = torch.rand(len(rows), generator=gen, dtype=torch.float64)
     # budget masks: the row's argmax (so masking shows), another id, or none
