@@ -26,13 +26,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-answer-tokens", type=int, default=None)
     p.add_argument("--suppress", action="store_true", help="mask end-of-thinking until --min-thinking-tokens")
     p.add_argument("--max-tokens", type=int, default=1024, help="cap on the whole continuation")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="keep the most likely tokens holding this mass (1: all)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the request's random stream (default: fresh)")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when a GPU is seen)")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                   help="default: bfloat16 on CUDA, float32 on the CPU (where bfloat16 runs faster)")
     return p.parse_args(argv)
 
 

@@ -49,9 +49,11 @@ class LLM:
         for name, value in sizes.items():
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not (isinstance(gpu_memory_utilization, (int, float)) and 0 < gpu_memory_utilization <= 1):
+        if isinstance(gpu_memory_utilization, bool) or not isinstance(gpu_memory_utilization, (int, float)):
+            raise TypeError(f"gpu_memory_utilization must be a number in (0, 1], got {gpu_memory_utilization!r}")
+        if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
-        if cuda_graphs not in (None, True, False):
+        if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be None (on where possible), True or False, got {cuda_graphs!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)

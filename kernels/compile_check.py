@@ -20,6 +20,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+ARCHS = (75, 80, 86, 89, 90, 100, 120)
 DTYPE_CODES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE, HIDDEN, INTERMEDIATE, VOCAB = 12, 2, 128, 16, 1536, 8960, 151936
 
@@ -102,8 +103,9 @@ def compile_all(arch: int, dtype: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="compile every kernel for a GPU without one")
-    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_CODES))
+    parser.add_argument("--arch", type=int, default=90, choices=ARCHS,
+                        help="compute capability x 10 (80: A100, 89: L4/L40, 90: H100/H200, 100: B200)")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_CODES), help="activations' and KV cache's dtype")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the check compiles, the interpreter does not")

@@ -24,6 +24,13 @@ CATEGORIES = (  # (category, substrings of op names), first match wins
 )
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def category(name: str) -> str:
     return next((cat for cat, keys in CATEGORIES if any(k in name for k in keys)), "other ops")
 
@@ -58,30 +65,36 @@ def profiled_steps(llm, steps: int, trace: Path | None, label: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="profile the engine's decode and prefill steps")
+    from benchmarks.gpu_check import SHAPES, random_model
+
     parser.add_argument("--model", type=Path, help="HF model dir (default: the default model)")
-    parser.add_argument("--shape", help="random weights of a named shape instead (see benchmarks.gpu_check.SHAPES)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--context", type=int, default=256, help="prompt tokens per sequence")
-    parser.add_argument("--steps", type=int, default=10, help="decode steps profiled")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="random weights of a named shape instead")
+    parser.add_argument("--batch", type=_positive, default=1)
+    parser.add_argument("--context", type=_positive, default=256, help="prompt tokens per sequence")
+    parser.add_argument("--steps", type=_positive, default=10, help="decode steps profiled")
     parser.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"))
     parser.add_argument("--device")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: the engine's for the device")
-    parser.add_argument("--cuda-graphs", action="store_true", help="on CUDA, replay decode steps as graphs")
+    parser.add_argument("--cuda-graphs", action="store_true", help="replay decode steps as CUDA graphs (CUDA only; "
+                        "default: eager, so each kernel shows)")
     parser.add_argument("--trace", type=Path, help="write Chrome traces here (-prefill/-decode appended)")
     args = parser.parse_args(argv)
+    if args.cuda_graphs and (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0] != "cuda":
+        parser.error("--cuda-graphs needs a CUDA device")
     from engine import LLM, SamplingParams
 
     with tempfile.TemporaryDirectory() as work:
         model = args.model
         if args.shape is not None:
-            from benchmarks.gpu_check import random_model
-
             device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
             dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
             model = Path(work) / args.shape
             random_model(args.shape, model, device, getattr(torch, dtype))
-        llm = LLM(model=model, device=args.device, dtype=args.dtype, kernels=args.kernels, max_num_seqs=max(args.batch, 1),
-                  max_num_batched_tokens=max(2048, args.batch * args.context), cuda_graphs=args.cuda_graphs)
+        try:
+            llm = LLM(model=model, device=args.device, dtype=args.dtype, kernels=args.kernels, max_num_seqs=args.batch,
+                      max_num_batched_tokens=max(2048, args.batch * args.context), cuda_graphs=args.cuda_graphs)
+        except (ValueError, TypeError) as e:
+            parser.error(str(e))
         params = SamplingParams(max_tokens=args.steps + 3, ignore_eos=True)
         for i in range(args.batch):
             llm.add_request([3 + (i * 7 + j) % 900 for j in range(args.context)], params)

@@ -28,3 +28,10 @@ def test_the_check_refuses_to_run_under_the_interpreter():
     run = subprocess.run([sys.executable, "-m", "kernels.compile_check"], capture_output=True, text=True,
                          env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=120)
     assert run.returncode == 2 and "unset TRITON_INTERPRET" in run.stderr
+
+
+def test_an_unknown_arch_is_a_one_line_error():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--arch", "900"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert run.returncode == 2 and "invalid choice: 900" in run.stderr and "Traceback" not in run.stderr

@@ -99,8 +99,11 @@ def test_cuda_graphs_need_cuda_and_the_triton_kernels(make_model):
     path = make_model("llama")
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
         LLM(model=path, cuda_graphs=True)
-    with pytest.raises(ValueError, match="cuda_graphs must be"):
-        LLM(model=path, cuda_graphs="yes")
+    for bad in ("yes", 0):
+        with pytest.raises(ValueError, match="cuda_graphs must be"):
+            LLM(model=path, cuda_graphs=bad)
+    with pytest.raises(TypeError, match="gpu_memory_utilization must be a number"):
+        LLM(model=path, gpu_memory_utilization="x")
     with pytest.raises(ValueError, match="gpu_memory_utilization must be in"):
         LLM(model=path, gpu_memory_utilization=1.5)
     llm = LLM(model=path, kernels="torch")

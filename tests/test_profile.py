@@ -1,4 +1,6 @@
 """python -m kernels.profile on the CPU: per-category times of decode and prefill steps, and traces."""
+import pytest
+
 from kernels import profile
 
 
@@ -13,3 +15,14 @@ def test_profile_prints_categories_and_writes_traces(make_model, tmp_path, capsy
             assert f"  {cat} " in section, (cat, section)
     assert decode.startswith("2 step(s)")
     assert (tmp_path / "t-prefill.json").stat().st_size > 0 and (tmp_path / "t-decode.json").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args,message", ((["--cuda-graphs"], "--cuda-graphs needs a CUDA device"),
+                                          (["--batch", "0"], "must be a positive integer"),
+                                          (["--shape", "nope"], "invalid choice"),
+                                          (["--kernels", "triton"], "TRITON_INTERPRET=1")))
+def test_bad_arguments_are_one_line_errors(make_model, capsys, monkeypatch, args, message):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        profile.main(["--model", str(make_model("llama")), "--steps", "1", *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
