@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine.jsonl import read_objects
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -63,23 +65,14 @@ def _load_jsonl(path: Path, seed: int) -> list[EvalItem]:
     if not path.is_file():
         raise FileNotFoundError(f"eval set {str(path)!r} is neither 'champ' nor an existing JSONL file")
     items, first_line_of = [], {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from e
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            item = _adapter_for(record, where)(record, where, seed)
-            if item.id in first_line_of:
-                raise ValueError(f"{where}: id {item.id!r} already used on line {first_line_of[item.id]}; ids must be "
-                                 "unique (results are keyed by them)")
-            first_line_of[item.id] = line_no
-            items.append(item)
+    for line_no, record in read_objects(path, ValueError):
+        where = f"{path}:{line_no}"
+        item = _adapter_for(record, where)(record, where, seed)
+        if item.id in first_line_of:
+            raise ValueError(f"{where}: id {item.id!r} already used on line {first_line_of[item.id]}; ids must be "
+                             "unique (results are keyed by them)")
+        first_line_of[item.id] = line_no
+        items.append(item)
     return items
 
 

@@ -1,8 +1,9 @@
 """The pool: rows of question + reference + reasoning trace, read from JSONL (ours or s1's column names) or CHAMP."""
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from engine.jsonl import read_objects
 
 # Column names accepted for each field, first present wins; s1's 59K / s1K / s1K-1.1 names included.
 TRACE_COLUMNS = ("trace", "thinking", "thinking_trajectories", "thinking_trajectory",
@@ -81,18 +82,7 @@ def read_pool_jsonl(path: str | Path) -> list[PoolRow]:
     path = Path(path)
     if not path.is_file():
         raise PoolError(f"pool file {path} does not exist; pass a JSONL file or 'champ'")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PoolError(f"{path}:{line_no}: not valid JSON: {e}") from e
-            if not isinstance(record, dict):
-                raise PoolError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            rows.append(row_from_record(record, default_id=f"{path.stem}-{line_no}"))
+    rows = [row_from_record(record, default_id=f"{path.stem}-{line_no}") for line_no, record in read_objects(path, PoolError)]
     if not rows:
         raise PoolError(f"{path}: no records; the pool is empty")
     return rows

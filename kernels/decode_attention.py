@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.paged_softmax import attend_page
+
 TARGET_PROGRAMS = 256  # enough (sequence, head, split) programs to fill a GPU's SMs a few times over
 MIN_BLOCKS_PER_SPLIT = 4
 
@@ -34,17 +36,9 @@ def _decode_split_kernel(q_ptr, cache_ptr, tables_ptr, context_lens_ptr, part_ou
     head_base = cache_ptr + kv_head * stride_cache_h
     for j in range(first, last):
         block = tl.load(tables_ptr + seq * stride_table_b + j).to(tl.int64)
-        offsets = block * stride_cache_n + tokens[:, None] * HEAD_DIM + dims[None, :]
-        k = tl.load(head_base + offsets, mask=dim_mask[None, :], other=0.0)
-        scores = tl.dot(q, tl.trans(k)) * scale
-        scores = tl.where((j * BLOCK_SIZE + tokens)[None, :] < context_len, scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        p = tl.exp(scores - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        v = tl.load(head_base + stride_cache_c + offsets, mask=dim_mask[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        visible = (j * BLOCK_SIZE + tokens)[None, :] < context_len
+        m_i, l_i, acc = attend_page(q, head_base, block, tokens, dims, dim_mask, visible, m_i, l_i, acc, scale,
+                                    stride_cache_c, stride_cache_n, HEAD_DIM)
     nonempty = l_i > 0  # an empty split (or a padded head row) weighs nothing in pass 2
     safe_l = tl.where(nonempty, l_i, 1.0)
     out = acc / safe_l[:, None]

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.paged_softmax import attend_page
+
 BLOCK_M = 16
 
 
@@ -37,19 +39,10 @@ def _extend_kernel(q_ptr, cache_ptr, tables_ptr, cu_seqlens_q_ptr, context_lens_
     head_base = cache_ptr + (head // GROUP) * stride_cache_h
     for j in range(0, num_blocks):
         block = tl.load(tables_ptr + seq * stride_table_b + j).to(tl.int64)
-        offsets = block * stride_cache_n + tokens[:, None] * HEAD_DIM + dims[None, :]
-        k = tl.load(head_base + offsets, mask=dim_mask[None, :], other=0.0)
-        scores = tl.dot(q, tl.trans(k)) * scale
         key_pos = j * BLOCK_SIZE + tokens
         visible = (key_pos[None, :] <= q_pos[:, None]) & (key_pos[None, :] < context_len)
-        scores = tl.where(visible, scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        p = tl.exp(scores - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        v = tl.load(head_base + stride_cache_c + offsets, mask=dim_mask[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        m_i, l_i, acc = attend_page(q, head_base, block, tokens, dims, dim_mask, visible, m_i, l_i, acc, scale,
+                                    stride_cache_c, stride_cache_n, HEAD_DIM)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(out_ptr + (q_start + rows)[:, None] * stride_out_t + head * stride_out_h + dims[None, :],
              out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])

@@ -9,7 +9,7 @@ interpreter as device functions, as they would have been had the variable been s
 import os
 import sys
 
-KERNEL_MODULES = ("activation", "decode_attention", "extend_attention", "rms_norm", "rotary", "sample", "store_kv")
+KERNEL_MODULES = ("activation", "decode_attention", "extend_attention", "paged_softmax", "rms_norm", "rotary", "sample", "store_kv")
 
 
 def enable_interpreter() -> None:

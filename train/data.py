@@ -1,5 +1,4 @@
 """SFT data: JSONL records -> token ids + loss mask (assistant tokens only) -> packed rows -> micro-batches."""
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from engine.conversation import conversation_ids
+from engine.jsonl import read_objects
 from engine.tokenizer import ThinkFormat
 
 
@@ -53,21 +53,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training data {path} does not exist")
-    records = []
-    for line_no, raw in enumerate(path.read_bytes().splitlines(), 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}:{line_no}: not UTF-8 text ({e}); save the file as UTF-8") from e
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{line_no}: not valid JSON: {e}") from e
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-        records.append((line_no, record))
+    records = read_objects(path, DataError)
     if not records:
         raise DataError(f"{path}: no records; the training set is empty")
     return records
