@@ -3,8 +3,9 @@ import argparse
 import sys
 import time
 
-from engine import LLM, SamplingParams, ThinkingBudget
-from engine.device import DTYPES, resolve_device, resolve_dtype
+from engine import SamplingParams, ThinkingBudget
+from engine.device import resolve_device, resolve_dtype
+from engine.engine_args import add_engine_args, llm_from_args
 from engine.tokenizer import THINK_FORMATS
 
 DIM, RESET = "\033[2m", "\033[0m"
@@ -12,7 +13,6 @@ DIM, RESET = "\033[2m", "\033[0m"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine.generate", description=__doc__)
-    p.add_argument("--model", help="HF-format model dir (default: SmolLM2-135M-Instruct from its PyPI wheel)")
     p.add_argument("--prompt", help="the question (default: read stdin)")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True, help="apply the chat template")
     p.add_argument("--system", help="system message (chat mode)")
@@ -31,9 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
     p.add_argument("--seed", type=int, default=None, help="seed of the request's random stream (default: fresh)")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
-    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when a GPU is seen)")
-    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                   help="default: bfloat16 on CUDA, float32 on the CPU (where bfloat16 runs faster)")
+    add_engine_args(p)
     return p.parse_args(argv)
 
 
@@ -73,15 +71,14 @@ def main(argv: list[str] | None = None) -> int:
 def generate(args: argparse.Namespace) -> int:
     try:
         params = build_params(args)
-        device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype, device)
+        resolve_dtype(args.dtype, resolve_device(args.device))  # before stdin is read
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     question = args.prompt if args.prompt is not None else sys.stdin.read().strip()
     try:
-        llm = LLM(model=args.model, device=device, dtype=dtype)
-    except (ValueError, OSError) as e:  # bad path, unknown architecture, corrupt weights
+        llm = llm_from_args(args)
+    except (ValueError, TypeError, OSError) as e:  # bad path, unknown architecture, corrupt weights
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.chat:

@@ -62,7 +62,7 @@ class LLM:
                           "float32 (torch's fp16 matrix products); bfloat16 is fast at both", stacklevel=2)
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, got {str(self.device)!r}")
-        path = default_model_dir() if model is None else Path(model)
+        path = self.model_dir = default_model_dir() if model is None else Path(model)
         self.config = ModelConfig.from_dir(path)
         self.tokenizer = Tokenizer(path, self.config.eos_token_ids)
         model_module = load_model(path, self.config, self.device, self.dtype)

@@ -69,10 +69,8 @@ def make_output(seq: Sequence, tokenizer: Tokenizer, request_id: int, setting: i
     """The Output of a sequence (under one of its sweep settings when given)."""
     visible = seq.output_ids[: seq.num_visible_tokens]
     text = tokenizer.decode(visible)
-    thinking_end = len(visible) if seq.thinking_end is None else seq.thinking_end
+    thinking_chars, answer_chars = phase_chars(seq, tokenizer)
     answer_start = len(visible) if seq.answer_start is None else min(seq.answer_start, len(visible))
-    thinking_chars = len(tokenizer.decode(visible[:thinking_end]))
-    answer_chars = len(tokenizer.decode(visible[:answer_start]))
     if isinstance(seq.stop_reason, str):
         hit = first_stop(text[answer_chars:], seq.params.stop_strings)
         text = text[: answer_chars + hit[0]]
@@ -94,6 +92,14 @@ def make_output(seq: Sequence, tokenizer: Tokenizer, request_id: int, setting: i
         logprobs=None if seq.logprobs is None else list(seq.logprobs),
         cumulative_logprob=None if seq.logprobs is None else seq.cumulative_logprob,
     )
+
+
+def phase_chars(seq: Sequence, tokenizer: Tokenizer) -> tuple[int, int]:
+    """Where the delimiter region starts and where the answer starts, in characters of the visible text."""
+    visible = seq.output_ids[: seq.num_visible_tokens]
+    thinking_end = len(visible) if seq.thinking_end is None else seq.thinking_end
+    answer_start = len(visible) if seq.answer_start is None else min(seq.answer_start, len(visible))
+    return len(tokenizer.decode(visible[:thinking_end])), len(tokenizer.decode(visible[:answer_start]))
 
 
 class OutputStream:

@@ -67,6 +67,9 @@ class Tokenizer:
     def decode(self, token_ids: list[int]) -> str:
         return self.hf.decode(token_ids, skip_special_tokens=False)
 
+    def decode_token(self, token_id: int) -> str:
+        return self.hf.decode([token_id], skip_special_tokens=False)
+
     def budget_tokens(self, think_format: str, budget: ThinkingBudget, ignore_eos: bool) -> BudgetTokens:
         """The ids budget forcing uses: one-token end ids (the marker when it is one added token, EOS unless
         ignored) or the marker's text, the delimiter, the final-answer and ignore splices."""

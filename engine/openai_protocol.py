@@ -1,0 +1,250 @@
+"""The OpenAI wire format of `engine.serve`: request bodies -> SamplingParams, Outputs -> response bodies.
+
+Budget forcing rides on extra body fields: `thinking_budget` (an int: the thinking cap, or an object of
+ThinkingBudget's fields) and `think_format`; also `top_k`, `stop_token_ids`, `ignore_eos`. A field the
+engine cannot honour (penalties, logit_bias, echo, tools) is an error unless it has its no-op value.
+"""
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from itertools import accumulate
+
+from engine.budget import ThinkingBudget
+from engine.outputs import Output
+from engine.sampling import SamplingParams
+
+MAX_LOGPROBS = 20
+MAX_CHOICES = 256  # prompts x n in one request: more is a mistake, and would fork that many sequences
+COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the rest of the context
+COMMON_FIELDS = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
+                 "user", "top_k", "stop_token_ids", "ignore_eos", "thinking_budget", "think_format"}
+COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "logprobs"}
+CHAT_FIELDS = COMMON_FIELDS | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"}
+NO_OP_VALUES = {"presence_penalty": (0,), "frequency_penalty": (0,), "logit_bias": (None, {}), "echo": (False, None),
+                "suffix": (None, ""), "best_of": (None, 1), "tools": (None, []), "tool_choice": (None, "none"),
+                "response_format": (None, {"type": "text"}), "parallel_tool_calls": (None, True, False)}
+ROLES = ("system", "user", "assistant")
+
+
+class ApiError(Exception):
+    def __init__(self, message: str, status: int = 400, param: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.param, self.kind = status, param, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": None}}
+
+
+@dataclass(slots=True)
+class ApiRequest:
+    chat: bool
+    prompts: list  # completion prompts (str or token ids) or chat conversations (lists of messages)
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+
+
+def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiRequest:
+    """A validated request, or ApiError naming the field at fault."""
+    if not isinstance(body, dict):
+        raise ApiError("the request body must be a JSON object")
+    allowed = CHAT_FIELDS if chat else COMPLETION_FIELDS
+    for name, value in body.items():
+        if name in NO_OP_VALUES and name not in allowed:
+            if value not in NO_OP_VALUES[name] and not (name == "best_of" and value == body.get("n", 1)):
+                raise ApiError(f"{name}={value!r} is not supported by this server", param=name)
+        elif name not in allowed:
+            raise ApiError(f"unknown field {name!r}; this endpoint takes {', '.join(sorted(allowed))}", param=name)
+    if body.get("model") not in (None, model_name):
+        raise ApiError(f"the model {body['model']!r} does not exist; this server serves {model_name!r}",
+                       status=404, param="model", kind="not_found_error")
+    prompts = _conversations(body) if chat else _prompts(body)
+    default_max = max_model_len if chat else COMPLETION_MAX_TOKENS
+    max_tokens = body.get("max_completion_tokens") if chat else None
+    max_tokens = _get(body, "max_completion_tokens" if max_tokens is not None else "max_tokens", int, default_max)
+    stream = _get(body, "stream", bool, False)
+    options = _get(body, "stream_options", dict, {})
+    if options and not stream:
+        raise ApiError("stream_options needs stream=true", param="stream_options")
+    if set(options) - {"include_usage"}:
+        raise ApiError(f"stream_options takes include_usage only, got {sorted(options)}", param="stream_options")
+    try:
+        params = SamplingParams(
+            temperature=float(_get(body, "temperature", (int, float), 1.0)),
+            top_p=float(_get(body, "top_p", (int, float), 1.0)),
+            top_k=_get(body, "top_k", int, 0),
+            max_tokens=max_tokens,
+            seed=_get(body, "seed", int, None),
+            stop=_stop(body),
+            stop_token_ids=tuple(_get(body, "stop_token_ids", list, [])),
+            ignore_eos=_get(body, "ignore_eos", bool, False),
+            budget=_budget(body),
+            think_format=_get(body, "think_format", str, "s1"),
+            n=_get(body, "n", int, 1),
+            logprobs=_logprobs(body, chat),
+        )
+    except (ValueError, TypeError) as e:
+        raise ApiError(str(e)) from None
+    if len(prompts) * params.n > MAX_CHOICES:
+        raise ApiError(f"{len(prompts)} prompts x n={params.n} is more than {MAX_CHOICES} choices in one request",
+                       param="n")
+    include_usage = _get(options, "include_usage", bool, False)
+    return ApiRequest(chat, prompts, params, stream, include_usage)
+
+
+def _get(body: dict, name: str, kind, default):
+    value = body.get(name)
+    if value is None:
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join({int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                             list: "a list", dict: "an object"}[k] for k in kinds)
+        raise ApiError(f"{name} must be {names}, got {value!r}", param=name)
+    return value
+
+
+def _prompts(body: dict) -> list:
+    prompt = body.get("prompt")
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(_is_id(t) for t in prompt)):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) or (isinstance(p, list) and all(_is_id(t) for t in p))
+                                                   for p in prompt):
+        return prompt
+    raise ApiError("prompt must be a string, a list of token ids, or a non-empty list of those", param="prompt")
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _conversations(body: dict) -> list[list[dict]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError("messages must be a non-empty list of {role, content} objects", param="messages")
+    plain = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise ApiError(f"messages[{i}] must be an object whose role is one of {', '.join(ROLES)}", param="messages")
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: text only
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+                raise ApiError(f"messages[{i}].content parts must be text parts ({{type: text, text}})", param="messages")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise ApiError(f"messages[{i}].content must be a string or a list of text parts", param="messages")
+        plain.append({"role": m["role"], "content": content})
+    return [plain]
+
+
+def _stop(body: dict) -> str | list[str] | None:
+    stop = body.get("stop")
+    if stop is None or isinstance(stop, str):
+        return stop or None
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return stop or None
+    raise ApiError(f"stop must be a string or a list of strings, got {stop!r}", param="stop")
+
+
+def _budget(body: dict) -> ThinkingBudget | None:
+    budget = body.get("thinking_budget")
+    if budget is None:
+        return None
+    if _is_id(budget):
+        return ThinkingBudget(max_tokens=budget)
+    names = [f.name for f in fields(ThinkingBudget)]
+    if not isinstance(budget, dict) or set(budget) - set(names):
+        raise ApiError(f"thinking_budget must be an integer (the thinking cap) or an object of {', '.join(names)}",
+                       param="thinking_budget")
+    return ThinkingBudget(**budget)
+
+
+def _logprobs(body: dict, chat: bool) -> int | None:
+    if chat:
+        top = _get(body, "top_logprobs", int, None)
+        if not _get(body, "logprobs", bool, False):
+            if top is not None:
+                raise ApiError("top_logprobs needs logprobs=true", param="top_logprobs")
+            return None
+        k, name = top or 0, "top_logprobs"
+    else:
+        k, name = _get(body, "logprobs", int, None), "logprobs"
+        if k is None:
+            return None
+    if not 0 <= k <= MAX_LOGPROBS:
+        raise ApiError(f"{name} must be between 0 and {MAX_LOGPROBS}, got {k}", param=name)
+    return k
+
+
+# ---- responses ----
+
+def new_id(chat: bool) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+
+
+def usage(num_prompt_tokens: int, outputs: list[Output]) -> dict:
+    completion = sum(len(o.token_ids) for o in outputs)
+    return {"prompt_tokens": num_prompt_tokens, "completion_tokens": completion,
+            "total_tokens": num_prompt_tokens + completion,
+            "completion_tokens_details": {"reasoning_tokens": sum(o.num_thinking_tokens for o in outputs)}}
+
+
+def response(api: ApiRequest, response_id: str, model: str, outputs: list[Output], num_prompt_tokens: int,
+             token_text: Callable[[int], str]) -> dict:
+    """The whole (non-streamed) response; choice i is prompt i // n, sample i % n."""
+    choices = []
+    for index, out in enumerate(outputs):
+        choice = {"index": index, "finish_reason": out.finish_reason, "stop_reason": out.stop_reason,
+                  "num_ignores_used": out.num_ignores_used}
+        if api.chat:
+            choice["message"] = {"role": "assistant", "content": out.answer_text,
+                                 "reasoning_content": out.thinking_text if api.params.budget else None}
+            choice["logprobs"] = chat_logprobs(out.token_ids, out.logprobs, api.params.logprobs, token_text)
+        else:
+            choice["text"] = out.text
+            choice["logprobs"] = completion_logprobs(out.token_ids, out.logprobs, api.params.logprobs, token_text)
+        choices.append(choice)
+    return {"id": response_id, "object": "chat.completion" if api.chat else "text_completion",
+            "created": int(time.time()), "model": model, "choices": choices,
+            "usage": usage(num_prompt_tokens, outputs)}
+
+
+def chunk(api: ApiRequest, response_id: str, model: str, choices: list[dict], usage_body: dict | None = None) -> dict:
+    body = {"id": response_id, "object": "chat.completion.chunk" if api.chat else "text_completion",
+            "created": int(time.time()), "model": model, "choices": choices}
+    if api.include_usage:
+        body["usage"] = usage_body
+    return body
+
+
+def top(logprob: dict[int, float], k: int) -> list[tuple[int, float]]:
+    """The k most likely of an entry (it holds the sampled token beside them)."""
+    return sorted(logprob.items(), key=lambda item: -item[1])[:k]
+
+
+def chat_logprobs(token_ids: list[int], logprobs: list | None, k: int, token_text: Callable[[int], str]) -> dict | None:
+    """OpenAI's chat layout; a spliced token (budget forcing wrote it, nothing sampled it) has logprob null."""
+    if logprobs is None:
+        return None
+
+    def entry(token: int, logprob: float | None) -> dict:
+        text = token_text(token)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return {"content": [{**entry(t, None if lp is None else lp[t]),
+                         "top_logprobs": [] if lp is None else [entry(i, v) for i, v in top(lp, k)]}
+                        for t, lp in zip(token_ids, logprobs)]}
+
+
+def completion_logprobs(token_ids: list[int], logprobs: list | None, k: int, token_text: Callable[[int], str],
+                        offset: int = 0) -> dict | None:
+    """The legacy completions layout: tokens, token_logprobs, top_logprobs, text_offset (from `offset`)."""
+    if logprobs is None:
+        return None
+    texts = [token_text(t) for t in token_ids]
+    offsets = list(accumulate((len(x) for x in texts[:-1]), initial=offset)) if texts else []
+    return {"tokens": texts, "token_logprobs": [None if lp is None else lp[t] for t, lp in zip(token_ids, logprobs)],
+            "top_logprobs": [None if lp is None else {token_text(i): v for i, v in top(lp, k)} for lp in logprobs],
+            "text_offset": offsets}

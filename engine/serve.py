@@ -1,0 +1,332 @@
+"""OpenAI-compatible HTTP server: python -m engine.serve [--model DIR] [--host H] [--port P].
+
+Endpoints: POST /v1/completions, POST /v1/chat/completions (both may stream), GET /v1/models, GET /health.
+One engine thread owns the LLM and steps it, so requests arriving at any time join the running batch;
+each HTTP request runs on its own thread, hands its work over through a queue and waits for (or streams)
+what comes back. All tokenizer work runs on the engine thread. A client that hangs up mid-stream has its
+request aborted, which frees its KV blocks. Budget forcing: see `engine.openai_protocol`.
+"""
+import argparse
+import json
+import queue
+import sys
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from jinja2 import TemplateError
+
+from engine.engine_args import add_engine_args, llm_from_args
+from engine.llm import LLM
+from engine.openai_protocol import (ApiError, ApiRequest, chat_logprobs, chunk, completion_logprobs, new_id,
+                                    parse_request, response, usage)
+from engine.outputs import OutputStream, StreamDelta, phase_chars
+from engine.request import Request
+from engine.sequence import Sequence
+
+MAX_BODY_BYTES = 32 << 20
+ROUTES = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat
+
+
+class ChoiceStream:
+    """One sample's stream chunks: thinking as `reasoning_content`, the answer as `content` (chat; the
+    delimiter and any final-answer splice are left out, as in the whole response), or all of it as `text`."""
+
+    def __init__(self, seq: Sequence, llm: LLM, request_id: int, index: int, api: ApiRequest):
+        self.seq, self.llm, self.index, self.api = seq, llm, index, api
+        self.stream = OutputStream(seq, llm.tokenizer, request_id)
+        self.num_tokens = self.num_chars = 0  # handed out so far
+        self.answer_chars = 0  # answer-phase characters seen (delimiter region included)
+        self.delimiter_chars: int | None = None
+
+    def first(self) -> dict | None:
+        return {"index": self.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                "finish_reason": None} if self.api.chat else None
+
+    def choices(self) -> list[dict]:
+        """Chunk choices for what the sequence added; one that would carry nothing is left out."""
+        choices = [self._choice(d) for d in self.stream.deltas()]
+        return [c for c in choices if c.get("delta", c.get("text")) or c["logprobs"] or c["finish_reason"]]
+
+    def _choice(self, delta: StreamDelta) -> dict:
+        ids, k = delta.token_ids, self.api.params.logprobs
+        logprobs = None if self.seq.logprobs is None else self.seq.logprobs[self.num_tokens : self.num_tokens + len(ids)]
+        token_text = self.llm.tokenizer.decode_token
+        finish = None if delta.output is None else delta.output.finish_reason
+        if self.api.chat:
+            body = {"index": self.index, "delta": self._chat_delta(delta),
+                    "logprobs": chat_logprobs(ids, logprobs, k, token_text), "finish_reason": finish}
+        else:
+            body = {"index": self.index, "text": delta.text,
+                    "logprobs": completion_logprobs(ids, logprobs, k, token_text, self.num_chars), "finish_reason": finish}
+        if delta.output is not None:
+            body["stop_reason"] = delta.output.stop_reason
+        self.num_tokens += len(ids)
+        self.num_chars += len(delta.text)
+        return body
+
+    def _chat_delta(self, delta: StreamDelta) -> dict:
+        if delta.phase == "thinking":
+            return {"reasoning_content": delta.text} if delta.text else {}
+        if self.delimiter_chars is None:  # answer deltas begin once the delimiter's place is known
+            thinking_chars, answer_chars = phase_chars(self.seq, self.llm.tokenizer)
+            self.delimiter_chars = answer_chars - thinking_chars
+        start = max(0, self.delimiter_chars - self.answer_chars)
+        self.answer_chars += len(delta.text)
+        return {"content": delta.text[start:]} if delta.text[start:] else {}
+
+
+class Job:
+    """One HTTP request's work on the engine thread: its engine requests, and events for its handler:
+    ("started" | "chunk" | "response" | "error" | "done", payload)."""
+
+    def __init__(self, api: ApiRequest, model: str):
+        self.api, self.model, self.id = api, model, new_id(api.chat)
+        self.events: queue.Queue = queue.Queue()
+        self.requests: list[Request] = []
+        self.streams: dict[int, ChoiceStream] = {}
+
+    def start(self, llm: LLM) -> bool:
+        try:
+            for prompt in self.api.prompts:
+                ids = llm.chat_prompt(prompt, self.api.params) if self.api.chat else prompt
+                self.requests.append(llm.add_request(ids, self.api.params))
+        except (ValueError, TypeError, TemplateError) as e:
+            self.fail(llm, ApiError(str(e)))
+            return False
+        except Exception as e:  # not the request's fault: say so, and keep the engine thread alive
+            traceback.print_exc()
+            self.fail(llm, ApiError(f"the engine failed: {type(e).__name__}: {e}", 500, kind="server_error"))
+            return False
+        self.events.put(("started", None))
+        return True
+
+    def pump(self, llm: LLM) -> bool:
+        """Hand out what the last step produced; True once the job is over."""
+        if self.api.stream:
+            self._stream(llm)
+        if not all(r.is_finished for r in self.requests):
+            return False
+        outputs = [o for r in self.requests for o in llm.outputs(r)]
+        num_prompt_tokens = sum(len(r.prompt_token_ids) for r in self.requests)
+        error = next((o.error for o in outputs if o.finish_reason == "error"), None)
+        if error is not None:
+            self.events.put(("error", ApiError(error)))
+        elif not self.api.stream:
+            self.events.put(("response", response(self.api, self.id, self.model, outputs, num_prompt_tokens,
+                                                  llm.tokenizer.decode_token)))
+        else:
+            if self.api.include_usage:
+                self.events.put(("chunk", chunk(self.api, self.id, self.model, [], usage(num_prompt_tokens, outputs))))
+            self.events.put(("done", None))
+        return True
+
+    def _stream(self, llm: LLM) -> None:
+        choices = []
+        for i, request in enumerate(self.requests):
+            for seq in request.samples():
+                index = i * self.api.params.n + seq.sample_index
+                if index not in self.streams:
+                    self.streams[index] = ChoiceStream(seq, llm, request.request_id, index, self.api)
+                    first = self.streams[index].first()
+                    choices += [first] if first else []
+                choices += self.streams[index].choices()
+        for choice in choices:
+            self.events.put(("chunk", chunk(self.api, self.id, self.model, [choice])))
+
+    def abort(self, llm: LLM) -> None:
+        for request in self.requests:
+            llm.abort(request)
+
+    def fail(self, llm: LLM, error: ApiError) -> None:
+        self.abort(llm)
+        self.events.put(("error", error))
+
+
+class EngineLoop:
+    """The thread that owns the LLM: takes jobs in, steps the batch, pumps results out."""
+
+    def __init__(self, llm: LLM):
+        self.llm = llm
+        self.inbox: queue.Queue = queue.Queue()
+        self.jobs: list[Job] = []
+        self.thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        self.inbox.put(("start", job))
+
+    def abort(self, job: Job) -> None:
+        self.inbox.put(("abort", job))
+
+    def stop(self) -> None:
+        self.inbox.put(("stop", None))
+        self.thread.join()
+
+    def _run(self) -> None:
+        while True:
+            commands = [] if self.jobs else [self.inbox.get()]  # idle: sleep until work comes
+            while not self.inbox.empty():
+                commands.append(self.inbox.get_nowait())
+            for kind, job in commands:
+                if kind == "stop":
+                    for running in self.jobs:
+                        running.fail(self.llm, ApiError("the server is shutting down", 503, kind="server_error"))
+                    return
+                if kind == "start" and job.start(self.llm):
+                    self.jobs.append(job)
+                elif kind == "abort" and job in self.jobs:
+                    job.abort(self.llm)
+                    self.jobs.remove(job)
+            try:
+                if self.llm.has_unfinished():
+                    self.llm.core.step()
+                self.jobs = [job for job in self.jobs if not job.pump(self.llm)]
+            except Exception as e:  # a failed step fails the running jobs; the server goes on
+                traceback.print_exc()
+                for job in self.jobs:
+                    job.fail(self.llm, ApiError(f"the engine failed: {type(e).__name__}: {e}", 500, kind="server_error"))
+                self.jobs = []
+
+
+class OpenAIServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, llm: LLM, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
+                 quiet: bool = False):
+        super().__init__((host, port), Handler)
+        self.llm, self.quiet, self.created = llm, quiet, int(time.time())
+        self.model_name = model_name or llm.model_dir.name
+        self.loop = EngineLoop(llm)
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.loop.thread.is_alive():
+            self.loop.stop()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: OpenAIServer
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            self._send_json(200, {"status": "ok"})
+        elif self.path == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [{
+                "id": self.server.model_name, "object": "model", "created": self.server.created,
+                "owned_by": "s1engine", "max_model_len": self.server.llm.max_model_len}]})
+        else:
+            self._send_error(ApiError(f"no route GET {self.path}", 404, kind="not_found_error"))
+
+    def do_POST(self) -> None:
+        if self.path not in ROUTES:
+            self._send_error(ApiError(f"no route POST {self.path}; try {', '.join(ROUTES)}", 404, kind="not_found_error"))
+            return
+        try:
+            api = parse_request(self._read_json(), ROUTES[self.path], self.server.model_name,
+                                self.server.llm.max_model_len)
+        except ApiError as e:
+            self._send_error(e)
+            return
+        job = Job(api, self.server.model_name)
+        self.server.loop.submit(job)
+        kind, payload = job.events.get()
+        if kind == "error":
+            self._send_error(payload)
+        elif api.stream:
+            self._stream(job)
+        else:
+            kind, payload = job.events.get()
+            if kind == "error":
+                self._send_error(payload)
+            else:
+                self._send_json(200, payload)
+
+    def _read_json(self):
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise ApiError("the request needs a Content-Length header (chunked bodies are not read)", 411)
+        if int(length) > MAX_BODY_BYTES:
+            self.close_connection = True  # the body is left unread
+            raise ApiError(f"the body is {int(length)} bytes; at most {MAX_BODY_BYTES} are read", 413)
+        raw = self.rfile.read(int(length))
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(f"the body is not valid JSON: {e}") from None
+
+    def _stream(self, job: Job) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            while True:
+                kind, payload = job.events.get()
+                if kind == "chunk":
+                    self._write_event(json.dumps(payload))
+                elif kind == "error":
+                    self._write_event(json.dumps(payload.body()))
+                if kind in ("error", "done"):
+                    self._write_event("[DONE]")
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
+        except (BrokenPipeError, ConnectionResetError):  # the client left: stop spending compute on it
+            self.server.loop.abort(job)
+            self.close_connection = True
+
+    def _write_event(self, data: str) -> None:
+        payload = f"data: {data}\n\n".encode()
+        self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+        self.wfile.flush()
+
+    def _send_json(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(self, error: ApiError) -> None:
+        self._send_json(error.status, error.body())
+
+    def log_message(self, format: str, *args) -> None:
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m engine.serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", default=None, help="the `model` clients name (default: the model dir's name)")
+    p.add_argument("--quiet", action="store_true", help="no access log")
+    add_engine_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        llm = llm_from_args(args)
+        server = OpenAIServer(llm, args.host, args.port, args.served_model_name, args.quiet)
+    except (ValueError, TypeError, OSError) as e:  # bad model dir, bad engine flag, port taken
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    print(f"serving {server.model_name!r} at http://{host}:{port}/v1 (Ctrl-C stops)", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("\nstopping", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

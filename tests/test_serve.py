@@ -1,0 +1,261 @@
+"""The OpenAI-compatible server: responses equal the offline API's outputs, streams add up to them,
+bad requests get a clear error while the server goes on, concurrent requests batch, a client that
+hangs up has its request aborted, and no KV block is left held."""
+import http.client
+import json
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from benchmarks import serve_load
+from engine import LLM, SamplingParams, ThinkingBudget
+from engine.serve import OpenAIServer, main
+
+BUDGET = {"max_tokens": 10, "num_ignore": 1, "final_answer_str": "Final Answer:"}
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How many r in raspberry?"}]
+
+
+@pytest.fixture(scope="module")
+def server(make_model):
+    llm = LLM(model=make_model("llama", seed=11, end_token=1, hf_init=True), block_size=8)
+    srv = OpenAIServer(llm, port=0, quiet=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def request(srv, method: str, path: str, body=None, raw: bytes | None = None):
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=120)
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    conn.request(method, path, data, {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    text = r.read().decode()
+    conn.close()
+    if r.getheader("Content-Type") == "text/event-stream":
+        events = [e.removeprefix("data: ") for e in text.split("\n\n") if e]
+        assert events[-1] == "[DONE]"
+        return r.status, [json.loads(e) for e in events[:-1]]
+    return r.status, json.loads(text)
+
+
+def post(srv, path: str, body: dict):
+    return request(srv, "POST", path, body)
+
+
+def idle(srv) -> dict:
+    deadline = time.time() + 30
+    while srv.llm.has_unfinished() and time.time() < deadline:
+        time.sleep(0.05)
+    return srv.llm.stats()
+
+
+def test_completions_equal_generate_with_budget_forcing(server, s1_llm):
+    prompts = [[5, 6, 7], "Count the letters:"]
+    status, body = post(server, "/v1/completions", {"prompt": prompts, "temperature": 0, "max_tokens": 30,
+                                                     "thinking_budget": BUDGET})
+    assert status == 200 and body["object"] == "text_completion"
+    expected = s1_llm.generate(prompts, SamplingParams(max_tokens=30, budget=ThinkingBudget(**BUDGET)), use_tqdm=False)
+    assert [c["text"] for c in body["choices"]] == [o.text for o in expected]
+    assert [c["finish_reason"] for c in body["choices"]] == [o.finish_reason for o in expected]
+    assert any("Final Answer:" in o.text for o in expected)  # the budget bit
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == sum(len(o.prompt_token_ids) for o in expected)
+    assert usage["completion_tokens"] == sum(len(o.token_ids) for o in expected)
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == sum(o.num_thinking_tokens for o in expected) > 0
+    assert idle(server)["num_used_blocks"] == 0
+
+
+def test_chat_puts_thinking_in_reasoning_content_and_the_answer_in_content(server, s1_llm):
+    status, body = post(server, "/v1/chat/completions", {"messages": MESSAGES, "temperature": 0, "max_tokens": 40,
+                                                         "thinking_budget": BUDGET})
+    expected = s1_llm.chat(MESSAGES, SamplingParams(max_tokens=40, budget=ThinkingBudget(**BUDGET)), use_tqdm=False)[0]
+    assert status == 200 and body["object"] == "chat.completion"
+    message = body["choices"][0]["message"]
+    assert expected.thinking_text and expected.answer_text  # both parts are exercised
+    assert message == {"role": "assistant", "content": expected.answer_text, "reasoning_content": expected.thinking_text}
+    status, plain = post(server, "/v1/chat/completions", {"messages": MESSAGES, "temperature": 0, "max_tokens": 12})
+    no_budget = s1_llm.chat(MESSAGES, SamplingParams(max_tokens=12), use_tqdm=False)[0]
+    assert plain["choices"][0]["message"]["content"] == no_budget.text
+    assert plain["choices"][0]["message"]["reasoning_content"] is None
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_streams_add_up_to_the_whole_response(server, chat):
+    body = {"temperature": 0.9, "seed": 7, "n": 2, "max_tokens": 30, "thinking_budget": BUDGET, "logprobs": 2}
+    if chat:
+        body |= {"messages": MESSAGES, "logprobs": True, "top_logprobs": 2}
+        path = "/v1/chat/completions"
+    else:
+        body |= {"prompt": [[5, 6, 7], "Count the letters:"]}
+        path = "/v1/completions"
+    status, whole = post(server, path, body)
+    assert status == 200
+    status, chunks = post(server, path, body | {"stream": True, "stream_options": {"include_usage": True}})
+    assert status == 200
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    for choice in whole["choices"]:
+        parts = [c["choices"][0] for c in chunks[:-1] if c["choices"][0]["index"] == choice["index"]]
+        assert [p["finish_reason"] for p in parts][-1] == choice["finish_reason"]
+        assert all(p["finish_reason"] is None for p in parts[:-1])
+        if chat:
+            message = choice["message"]
+            assert parts[0]["delta"] == {"role": "assistant", "content": ""}
+            assert "".join(p["delta"].get("reasoning_content", "") for p in parts) == message["reasoning_content"]
+            assert "".join(p["delta"].get("content", "") for p in parts) == message["content"]
+            streamed = [e for p in parts if p["logprobs"] for e in p["logprobs"]["content"]]
+            assert streamed == choice["logprobs"]["content"]
+        else:
+            assert "".join(p["text"] for p in parts) == choice["text"]
+            for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                assert [x for p in parts if p["logprobs"] for x in p["logprobs"][key]] == choice["logprobs"][key]
+    assert len({c["message"]["content"] if chat else c["text"] for c in whole["choices"]}) > 1  # samples differ
+
+
+def test_logprobs_are_the_engines(server, s1_llm):
+    status, body = post(server, "/v1/completions", {"prompt": [5, 6, 7], "temperature": 0, "max_tokens": 20,
+                                                     "logprobs": 3, "thinking_budget": BUDGET})
+    out = s1_llm.generate([5, 6, 7], SamplingParams(max_tokens=20, logprobs=3, budget=ThinkingBudget(**BUDGET)),
+                          use_tqdm=False)[0]
+    lp = body["choices"][0]["logprobs"]
+    assert lp["token_logprobs"] == pytest.approx([None if e is None else e[t] for t, e in zip(out.token_ids, out.logprobs)])
+    assert None in lp["token_logprobs"]  # spliced tokens have none
+    for entry, top in zip(out.logprobs, lp["top_logprobs"]):
+        if entry is not None:
+            assert sorted(top.values(), reverse=True) == pytest.approx(sorted(entry.values(), reverse=True)[:3])
+    assert "".join(lp["tokens"]) == body["choices"][0]["text"]
+    assert lp["text_offset"][-1] == len(body["choices"][0]["text"]) - len(lp["tokens"][-1])
+
+
+BAD = [
+    ("/v1/completions", b"{not json", 400, "not valid JSON"),
+    ("/v1/completions", {"prompt": "hi", "temprature": 0}, 400, "unknown field 'temprature'"),
+    ("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, 404, "does not exist"),
+    ("/v1/completions", {"prompt": "hi", "thinking_budget": {"min_tokens": 9, "max_tokens": 3}}, 400,
+     "min_tokens (9) is above max_tokens (3)"),
+    ("/v1/completions", {"prompt": "hi", "thinking_budget": {"max_token": 3}}, 400, "thinking_budget must be"),
+    ("/v1/completions", {"prompt": "hi", "presence_penalty": 0.5}, 400, "presence_penalty=0.5 is not supported"),
+    ("/v1/completions", {"prompt": [5] * 2000}, 400, "the context holds 1024"),
+    ("/v1/completions", {"prompt": [5] * 2000, "stream": True}, 400, "the context holds 1024"),
+    ("/v1/completions", {"prompt": [10**9]}, 400, "outside the vocabulary"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": "ten"}, 400, "max_tokens must be an integer"),
+    ("/v1/completions", {"prompt": "hi", "temperature": -1}, 400, "temperature must be >= 0"),
+    ("/v1/completions", {"prompt": "hi", "logprobs": 21}, 400, "logprobs must be between 0 and 20"),
+    ("/v1/completions", {"prompt": "hi", "stream_options": {"include_usage": True}}, 400, "needs stream=true"),
+    ("/v1/completions", {"prompt": []}, 400, "prompt must be"),
+    ("/v1/completions", {"prompt": [[5]], "n": 300}, 400, "more than 256 choices"),
+    ("/v1/completions", {"prompt": [[5], []]}, 400, "prompt is empty"),
+    ("/v1/chat/completions", {"messages": []}, 400, "messages must be a non-empty list"),
+    ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, 400, "role is one of"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "top_logprobs": 2}, 400, "top_logprobs needs logprobs=true"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "think_format": "xml"}, 400, "unknown think format"),
+    ("/v1/embeddings", {"input": "hi"}, 404, "no route POST /v1/embeddings"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, message", BAD, ids=[m for *_, m in BAD])
+def test_a_bad_request_gets_a_clear_error_and_the_server_goes_on(server, path, body, status, message):
+    got, answer = request(server, "POST", path, raw=body if isinstance(body, bytes) else json.dumps(body).encode())
+    assert got == status and message in answer["error"]["message"], answer
+    assert post(server, "/v1/completions", {"prompt": "hi", "max_tokens": 3})[0] == 200
+    assert idle(server)["num_used_blocks"] == 0
+
+
+def test_models_and_health(server):
+    assert request(server, "GET", "/health") == (200, {"status": "ok"})
+    status, models = request(server, "GET", "/v1/models")
+    assert status == 200 and models["data"][0]["id"] == server.model_name == server.llm.model_dir.name
+    assert post(server, "/v1/completions", {"prompt": "hi", "max_tokens": 2, "model": server.model_name})[0] == 200
+    assert request(server, "GET", "/v1/nothing")[0] == 404
+
+
+def test_concurrent_requests_batch_and_each_equals_its_run_alone(server, s1_llm):
+    prompts = [[5 + i, 6, 7 + 2 * i] for i in range(8)]
+    before = server.llm.stats()["num_computed_tokens"]
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda p: post(server, "/v1/completions", {"prompt": p, "temperature": 0,
+                                                                          "max_tokens": 25, "thinking_budget": BUDGET}),
+                                prompts))
+    for prompt, (status, body) in zip(prompts, replies):
+        alone = s1_llm.generate(prompt, SamplingParams(max_tokens=25, budget=ThinkingBudget(**BUDGET)), use_tqdm=False)
+        assert status == 200 and body["choices"][0]["text"] == alone[0].text
+    assert server.llm.stats()["num_computed_tokens"] > before
+    assert idle(server)["num_used_blocks"] == 0
+
+
+def test_a_client_that_hangs_up_mid_stream_has_its_request_aborted(server):
+    before = server.llm.stats()["num_computed_tokens"]
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps({"prompt": [5, 6, 7], "max_tokens": 1000, "ignore_eos": True,
+                                                        "stream": True}))
+    r = conn.getresponse()
+    assert r.status == 200 and r.fp.readline()  # the first chunk arrived
+    conn.sock.close()
+    r.close()
+    stats = idle(server)
+    assert stats["num_used_blocks"] == 0
+    assert stats["num_computed_tokens"] - before < 500  # stopped well before its 1000 tokens
+
+
+def test_cli_reports_a_bad_model_dir_and_bad_flags(tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "nowhere"), "--port", "0"]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert main(["--gpu-memory-utilization", "1.5", "--port", "0"]) == 2
+    assert "gpu_memory_utilization must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_a_failed_engine_step_fails_its_requests_and_the_server_goes_on(server, monkeypatch):
+    step = server.llm.core.step
+    calls = []
+
+    def failing_step():
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated device fault")
+        return step()
+
+    monkeypatch.setattr(server.llm.core, "step", failing_step)
+    status, body = post(server, "/v1/completions", {"prompt": [5, 6, 7], "max_tokens": 20, "ignore_eos": True})
+    assert status == 500 and "simulated device fault" in body["error"]["message"]
+    assert idle(server)["num_used_blocks"] == 0
+    status, body = post(server, "/v1/completions", {"prompt": [5, 6, 7], "max_tokens": 20, "ignore_eos": True})
+    assert status == 200 and body["usage"]["completion_tokens"] == 20
+
+
+def test_the_openai_client_reads_every_kind_of_reply(server, s1_llm, capsys):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="unused")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    snippet = next(b for b in re.findall(r"```py\n(.*?)```", readme, flags=re.S) if "OpenAI(" in b)
+    exec(snippet.replace("http://127.0.0.1:8000/v1", str(client.base_url)).replace("SmolLM2-135M-Instruct", server.model_name),
+         {"__name__": "readme"})
+    assert capsys.readouterr().out
+    params = SamplingParams(max_tokens=40, budget=ThinkingBudget(**BUDGET))
+    expected = s1_llm.chat(MESSAGES, params, use_tqdm=False)[0]
+    stream = client.chat.completions.create(model=server.model_name, messages=MESSAGES, temperature=0, max_tokens=40,
+                                            stream=True, extra_body={"thinking_budget": BUDGET})
+    deltas = [c.choices[0].delta for c in stream]
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == expected.thinking_text
+    assert "".join(d.content or "" for d in deltas) == expected.answer_text
+    done = client.completions.create(model=server.model_name, prompt=[5, 6, 7], temperature=0, max_tokens=40,
+                                     logprobs=2, extra_body={"thinking_budget": BUDGET})
+    assert done.choices[0].text == s1_llm.generate([5, 6, 7], params, use_tqdm=False)[0].text
+    assert done.usage.completion_tokens_details.reasoning_tokens > 0
+    with pytest.raises(openai.BadRequestError, match="min_tokens .9. is above max_tokens .3."):
+        client.completions.create(model=server.model_name, prompt="hi",
+                                  extra_body={"thinking_budget": {"min_tokens": 9, "max_tokens": 3}})
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.completions.create(model="gpt-4", prompt="hi")
+
+
+def test_the_load_benchmark_runs(make_model, capsys):
+    path = make_model("llama", seed=11, end_token=1, hf_init=True)
+    assert serve_load.main(["--model", str(path), "--requests", "3", "--concurrency", "1,3", "--prompt-tokens", "8",
+                            "--max-tokens", "4"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| server")]
+    assert len(rows) == 2
