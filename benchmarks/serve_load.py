@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         for concurrency in args.concurrency:
-            llm.reset_prefix_cache()  # the engine thread is idle between runs
+            server.loop.call(LLM.reset_prefix_cache)  # on the engine thread, which owns the LLM now
             seconds, tokens, latency = serve_run(server.server_address[1], prompts, args.max_tokens, concurrency)
             rows.append((f"server, {concurrency} clients", tokens / seconds, tokens / seconds / offline, latency))
     finally:

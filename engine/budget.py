@@ -40,6 +40,8 @@ class ThinkingBudget:
                 "ThinkingBudget.ignore_str must be a non-empty string when an end of thinking can be ignored "
                 f"(num_ignore={self.num_ignore}, min_tokens={self.min_tokens}), got {self.ignore_str!r}"
             )
+        if not isinstance(self.suppress, bool):
+            raise ValueError(f"ThinkingBudget.suppress must be True or False, got {self.suppress!r}")
         if self.final_answer_str is not None and not isinstance(self.final_answer_str, str):
             raise ValueError(f"ThinkingBudget.final_answer_str must be a string or None, got {self.final_answer_str!r}")
 

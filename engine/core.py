@@ -48,6 +48,8 @@ class EngineCore:
             if branch.budget is not None:
                 branch.budget.start(branch.output)
                 _mirror(branch)
+                if branch.logprobs is not None:  # a zero cap spliced the delimiter: nothing sampled it
+                    branch.logprobs.extend([None] * (branch.num_output_tokens - len(branch.logprobs)))
             if not self._finish_if_at_length(branch):  # a zero budget can leave nothing to generate
                 self.scheduler.add(branch)
 

@@ -18,13 +18,14 @@ MAX_LOGPROBS = 20
 MAX_CHOICES = 256  # prompts x n in one request: more is a mistake, and would fork that many sequences
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the rest of the context
 COMMON_FIELDS = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
-                 "user", "top_k", "stop_token_ids", "ignore_eos", "thinking_budget", "think_format"}
+                 "top_k", "stop_token_ids", "ignore_eos", "thinking_budget", "think_format"}
+IGNORED_FIELDS = {"user", "store", "metadata", "service_tier"}  # bookkeeping that does not change the reply
 COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "logprobs"}
 CHAT_FIELDS = COMMON_FIELDS | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"}
 NO_OP_VALUES = {"presence_penalty": (0,), "frequency_penalty": (0,), "logit_bias": (None, {}), "echo": (False, None),
                 "suffix": (None, ""), "best_of": (None, 1), "tools": (None, []), "tool_choice": (None, "none"),
                 "response_format": (None, {"type": "text"}), "parallel_tool_calls": (None, True, False)}
-ROLES = ("system", "user", "assistant")
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 class ApiError(Exception):
@@ -55,7 +56,7 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
         if name in NO_OP_VALUES and name not in allowed:
             if value not in NO_OP_VALUES[name] and not (name == "best_of" and value == body.get("n", 1)):
                 raise ApiError(f"{name}={value!r} is not supported by this server", param=name)
-        elif name not in allowed:
+        elif name not in allowed and name not in IGNORED_FIELDS:
             raise ApiError(f"unknown field {name!r}; this endpoint takes {', '.join(sorted(allowed))}", param=name)
     if body.get("model") not in (None, model_name):
         raise ApiError(f"the model {body['model']!r} does not exist; this server serves {model_name!r}",
@@ -135,7 +136,7 @@ def _conversations(body: dict) -> list[list[dict]]:
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise ApiError(f"messages[{i}].content must be a string or a list of text parts", param="messages")
-        plain.append({"role": m["role"], "content": content})
+        plain.append({"role": ROLES[m["role"]], "content": content})
     return [plain]
 
 
@@ -180,8 +181,9 @@ def _logprobs(body: dict, chat: bool) -> int | None:
 
 # ---- responses ----
 
-def new_id(chat: bool) -> str:
-    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+def header(chat: bool, model: str) -> dict:
+    """What every body of one reply repeats: its id, creation time and model."""
+    return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
 
 
 def usage(num_prompt_tokens: int, outputs: list[Output]) -> dict:
@@ -191,7 +193,7 @@ def usage(num_prompt_tokens: int, outputs: list[Output]) -> dict:
             "completion_tokens_details": {"reasoning_tokens": sum(o.num_thinking_tokens for o in outputs)}}
 
 
-def response(api: ApiRequest, response_id: str, model: str, outputs: list[Output], num_prompt_tokens: int,
+def response(api: ApiRequest, head: dict, outputs: list[Output], num_prompt_tokens: int,
              token_text: Callable[[int], str]) -> dict:
     """The whole (non-streamed) response; choice i is prompt i // n, sample i % n."""
     choices = []
@@ -199,21 +201,24 @@ def response(api: ApiRequest, response_id: str, model: str, outputs: list[Output
         choice = {"index": index, "finish_reason": out.finish_reason, "stop_reason": out.stop_reason,
                   "num_ignores_used": out.num_ignores_used}
         if api.chat:
-            choice["message"] = {"role": "assistant", "content": out.answer_text,
-                                 "reasoning_content": out.thinking_text if api.params.budget else None}
+            reasoning = out.thinking_text if api.params.budget else None
+            choice["message"] = {"role": "assistant", "content": out.answer_text, **reasoning_fields(reasoning)}
             choice["logprobs"] = chat_logprobs(out.token_ids, out.logprobs, api.params.logprobs, token_text)
         else:
             choice["text"] = out.text
             choice["logprobs"] = completion_logprobs(out.token_ids, out.logprobs, api.params.logprobs, token_text)
         choices.append(choice)
-    return {"id": response_id, "object": "chat.completion" if api.chat else "text_completion",
-            "created": int(time.time()), "model": model, "choices": choices,
+    return {**head, "object": "chat.completion" if api.chat else "text_completion", "choices": choices,
             "usage": usage(num_prompt_tokens, outputs)}
 
 
-def chunk(api: ApiRequest, response_id: str, model: str, choices: list[dict], usage_body: dict | None = None) -> dict:
-    body = {"id": response_id, "object": "chat.completion.chunk" if api.chat else "text_completion",
-            "created": int(time.time()), "model": model, "choices": choices}
+def reasoning_fields(text: str | None) -> dict:
+    """Thinking under both names clients read: `reasoning_content` (DeepSeek, older vLLM) and `reasoning`."""
+    return {"reasoning_content": text, "reasoning": text}
+
+
+def chunk(api: ApiRequest, head: dict, choices: list[dict], usage_body: dict | None = None) -> dict:
+    body = {**head, "object": "chat.completion.chunk" if api.chat else "text_completion", "choices": choices}
     if api.include_usage:
         body["usage"] = usage_body
     return body
@@ -225,17 +230,17 @@ def top(logprob: dict[int, float], k: int) -> list[tuple[int, float]]:
 
 
 def chat_logprobs(token_ids: list[int], logprobs: list | None, k: int, token_text: Callable[[int], str]) -> dict | None:
-    """OpenAI's chat layout; a spliced token (budget forcing wrote it, nothing sampled it) has logprob null."""
+    """OpenAI's chat layout, over the sampled tokens: spliced ones (budget forcing wrote them) are left out.
+    `bytes` is null for a token that holds part of a character (its text alone is not what it encodes)."""
     if logprobs is None:
         return None
 
-    def entry(token: int, logprob: float | None) -> dict:
+    def entry(token: int, logprob: float) -> dict:
         text = token_text(token)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+        return {"token": text, "logprob": logprob, "bytes": None if "\ufffd" in text else list(text.encode())}
 
-    return {"content": [{**entry(t, None if lp is None else lp[t]),
-                         "top_logprobs": [] if lp is None else [entry(i, v) for i, v in top(lp, k)]}
-                        for t, lp in zip(token_ids, logprobs)]}
+    return {"content": [{**entry(t, lp[t]), "top_logprobs": [entry(i, v) for i, v in top(lp, k)]}
+                        for t, lp in zip(token_ids, logprobs) if lp is not None]}
 
 
 def completion_logprobs(token_ids: list[int], logprobs: list | None, k: int, token_text: Callable[[int], str],

@@ -44,6 +44,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not _is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 and an integer (0 disables it), got {self.top_k!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= 2**64 - self.n):
+            raise ValueError(f"seed must be None or an integer in [0, 2**64 - n] (sample i uses seed + i), got {self.seed!r}")
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         if self.think_format not in THINK_FORMATS:
@@ -96,7 +98,8 @@ class Sampler:
         for row, (p, generator) in enumerate(zip(params, generators)):
             if p.temperature > 0:
                 uniform[row] = torch.rand((), dtype=torch.float64, generator=generator)
-        host = (torch.tensor([p.temperature for p in params]), torch.tensor([p.top_k for p in params]),
+        top_k = [min(p.top_k, self.vocab_size) for p in params]  # any k past the vocabulary keeps all of it
+        host = (torch.tensor([p.temperature for p in params]), torch.tensor(top_k),
                 torch.tensor([p.top_p for p in params]), uniform, masked)
         temperature, top_k, top_p, uniform, masked = (t.to(logits.device, non_blocking=True) for t in host)
         return self.sample_fn(logits, self.vocab_size, temperature, top_k, top_p, uniform, masked).tolist()

@@ -3,40 +3,45 @@
 Endpoints: POST /v1/completions, POST /v1/chat/completions (both may stream), GET /v1/models, GET /health.
 One engine thread owns the LLM and steps it, so requests arriving at any time join the running batch;
 each HTTP request runs on its own thread, hands its work over through a queue and waits for (or streams)
-what comes back. All tokenizer work runs on the engine thread. A client that hangs up mid-stream has its
-request aborted, which frees its KV blocks. Budget forcing: see `engine.openai_protocol`.
+what comes back. All tokenizer work runs on the engine thread. A client that hangs up before its reply
+is done (streamed or not) has its request aborted, which frees its KV blocks. Budget forcing: see
+`engine.openai_protocol`.
 """
 import argparse
 import json
 import queue
+import select
+import socket
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from jinja2 import TemplateError
 
 from engine.engine_args import add_engine_args, llm_from_args
 from engine.llm import LLM
-from engine.openai_protocol import (ApiError, ApiRequest, chat_logprobs, chunk, completion_logprobs, new_id,
-                                    parse_request, response, usage)
+from engine.openai_protocol import (ApiError, ApiRequest, chat_logprobs, chunk, completion_logprobs, header,
+                                    parse_request, reasoning_fields, response, usage)
 from engine.outputs import OutputStream, StreamDelta, phase_chars
 from engine.request import Request
 from engine.sequence import Sequence
 
 MAX_BODY_BYTES = 32 << 20
+CLIENT_POLL_SECONDS = 0.5  # how often a waiting handler checks that its client is still there
 ROUTES = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat
 
 
 class ChoiceStream:
-    """One sample's stream chunks: thinking as `reasoning_content`, the answer as `content` (chat; the
+    """One sample's stream chunks: thinking as `reasoning_content`/`reasoning`, the answer as `content` (chat; the
     delimiter and any final-answer splice are left out, as in the whole response), or all of it as `text`."""
 
     def __init__(self, seq: Sequence, llm: LLM, request_id: int, index: int, api: ApiRequest):
         self.seq, self.llm, self.index, self.api = seq, llm, index, api
         self.stream = OutputStream(seq, llm.tokenizer, request_id)
-        self.num_tokens = self.num_chars = 0  # handed out so far
+        self.num_tokens = self.num_token_chars = 0  # handed out so far (tokens, their texts' characters)
         self.answer_chars = 0  # answer-phase characters seen (delimiter region included)
         self.delimiter_chars: int | None = None
 
@@ -59,16 +64,16 @@ class ChoiceStream:
                     "logprobs": chat_logprobs(ids, logprobs, k, token_text), "finish_reason": finish}
         else:
             body = {"index": self.index, "text": delta.text,
-                    "logprobs": completion_logprobs(ids, logprobs, k, token_text, self.num_chars), "finish_reason": finish}
+                    "logprobs": completion_logprobs(ids, logprobs, k, token_text, self.num_token_chars), "finish_reason": finish}
         if delta.output is not None:
             body["stop_reason"] = delta.output.stop_reason
         self.num_tokens += len(ids)
-        self.num_chars += len(delta.text)
+        self.num_token_chars += sum(len(token_text(t)) for t in ids) if logprobs is not None else 0
         return body
 
     def _chat_delta(self, delta: StreamDelta) -> dict:
         if delta.phase == "thinking":
-            return {"reasoning_content": delta.text} if delta.text else {}
+            return reasoning_fields(delta.text) if delta.text else {}
         if self.delimiter_chars is None:  # answer deltas begin once the delimiter's place is known
             thinking_chars, answer_chars = phase_chars(self.seq, self.llm.tokenizer)
             self.delimiter_chars = answer_chars - thinking_chars
@@ -82,7 +87,7 @@ class Job:
     ("started" | "chunk" | "response" | "error" | "done", payload)."""
 
     def __init__(self, api: ApiRequest, model: str):
-        self.api, self.model, self.id = api, model, new_id(api.chat)
+        self.api, self.head = api, header(api.chat, model)
         self.events: queue.Queue = queue.Queue()
         self.requests: list[Request] = []
         self.streams: dict[int, ChoiceStream] = {}
@@ -114,11 +119,11 @@ class Job:
         if error is not None:
             self.events.put(("error", ApiError(error)))
         elif not self.api.stream:
-            self.events.put(("response", response(self.api, self.id, self.model, outputs, num_prompt_tokens,
+            self.events.put(("response", response(self.api, self.head, outputs, num_prompt_tokens,
                                                   llm.tokenizer.decode_token)))
         else:
             if self.api.include_usage:
-                self.events.put(("chunk", chunk(self.api, self.id, self.model, [], usage(num_prompt_tokens, outputs))))
+                self.events.put(("chunk", chunk(self.api, self.head, [], usage(num_prompt_tokens, outputs))))
             self.events.put(("done", None))
         return True
 
@@ -133,19 +138,23 @@ class Job:
                     choices += [first] if first else []
                 choices += self.streams[index].choices()
         for choice in choices:
-            self.events.put(("chunk", chunk(self.api, self.id, self.model, [choice])))
+            self.events.put(("chunk", chunk(self.api, self.head, [choice])))
 
     def abort(self, llm: LLM) -> None:
         for request in self.requests:
             llm.abort(request)
 
     def fail(self, llm: LLM, error: ApiError) -> None:
-        self.abort(llm)
-        self.events.put(("error", error))
+        self.events.put(("error", error))  # first: the handler hears of it even if the abort fails too
+        try:
+            self.abort(llm)
+        except Exception:
+            traceback.print_exc()
 
 
 class EngineLoop:
-    """The thread that owns the LLM: takes jobs in, steps the batch, pumps results out."""
+    """The thread that owns the LLM: takes jobs in, steps the batch, pumps results out. A failed step fails
+    the jobs in it; a failure of one job's own work fails that job only."""
 
     def __init__(self, llm: LLM):
         self.llm = llm
@@ -160,6 +169,15 @@ class EngineLoop:
     def abort(self, job: Job) -> None:
         self.inbox.put(("abort", job))
 
+    def call(self, fn: Callable[[LLM], object]) -> object:
+        """fn(llm) run on the engine thread between steps (the LLM is not thread-safe); its result."""
+        done: queue.Queue = queue.Queue()
+        self.inbox.put(("call", (fn, done)))
+        ok, value = done.get()
+        if not ok:
+            raise value
+        return value
+
     def stop(self) -> None:
         self.inbox.put(("stop", None))
         self.thread.join()
@@ -169,25 +187,48 @@ class EngineLoop:
             commands = [] if self.jobs else [self.inbox.get()]  # idle: sleep until work comes
             while not self.inbox.empty():
                 commands.append(self.inbox.get_nowait())
-            for kind, job in commands:
+            for kind, payload in commands:
                 if kind == "stop":
-                    for running in self.jobs:
-                        running.fail(self.llm, ApiError("the server is shutting down", 503, kind="server_error"))
+                    waiting = [job for k, job in commands if k == "start" and job not in self.jobs]
+                    for job in self.jobs + waiting:
+                        job.fail(self.llm, ApiError("the server is shutting down", 503, kind="server_error"))
                     return
-                if kind == "start" and job.start(self.llm):
-                    self.jobs.append(job)
-                elif kind == "abort" and job in self.jobs:
-                    job.abort(self.llm)
-                    self.jobs.remove(job)
+                self._command(kind, payload)
+            self._step()
+
+    def _command(self, kind: str, payload) -> None:
+        if kind == "start" and payload.start(self.llm):
+            self.jobs.append(payload)
+        elif kind == "abort" and payload in self.jobs:
+            self.jobs.remove(payload)
+            payload.abort(self.llm)
+        elif kind == "call":
+            fn, done = payload
             try:
-                if self.llm.has_unfinished():
-                    self.llm.core.step()
-                self.jobs = [job for job in self.jobs if not job.pump(self.llm)]
-            except Exception as e:  # a failed step fails the running jobs; the server goes on
+                done.put((True, fn(self.llm)))
+            except Exception as e:
+                done.put((False, e))
+
+    def _step(self) -> None:
+        try:
+            if self.llm.has_unfinished():
+                self.llm.core.step()
+        except Exception as e:
+            traceback.print_exc()
+            for job in self.jobs:
+                job.fail(self.llm, ApiError(f"the engine failed: {type(e).__name__}: {e}", 500, kind="server_error"))
+            self.jobs = []
+            return
+        running = []
+        for job in self.jobs:
+            try:
+                if not job.pump(self.llm):
+                    running.append(job)
+            except Exception as e:
                 traceback.print_exc()
-                for job in self.jobs:
-                    job.fail(self.llm, ApiError(f"the engine failed: {type(e).__name__}: {e}", 500, kind="server_error"))
-                self.jobs = []
+                job.fail(self.llm, ApiError(f"the engine failed on this request: {type(e).__name__}: {e}", 500,
+                                            kind="server_error"))
+        self.jobs = running
 
 
 class OpenAIServer(ThreadingHTTPServer):
@@ -208,11 +249,13 @@ class OpenAIServer(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = 300  # seconds a socket read or write may block: a client that stalls mid-body or stops reading
     server: OpenAIServer
 
     def do_GET(self) -> None:
         if self.path == "/health":
-            self._send_json(200, {"status": "ok"})
+            alive = self.server.loop.thread.is_alive()
+            self._send_json(200 if alive else 503, {"status": "ok" if alive else "the engine thread has stopped"})
         elif self.path == "/v1/models":
             self._send_json(200, {"object": "list", "data": [{
                 "id": self.server.model_name, "object": "model", "created": self.server.created,
@@ -232,21 +275,46 @@ class Handler(BaseHTTPRequestHandler):
             return
         job = Job(api, self.server.model_name)
         self.server.loop.submit(job)
-        kind, payload = job.events.get()
+        kind, payload = self._next_event(job)
         if kind == "error":
             self._send_error(payload)
-        elif api.stream:
+        elif kind == "started" and api.stream:
             self._stream(job)
-        else:
-            kind, payload = job.events.get()
+        elif kind == "started":
+            kind, payload = self._next_event(job)
             if kind == "error":
                 self._send_error(payload)
-            else:
+            elif kind == "response":
                 self._send_json(200, payload)
+
+    def _next_event(self, job: Job) -> tuple[str, object]:
+        """The job's next event; ("left", None) once the client has hung up, its job then aborted."""
+        while True:
+            try:
+                return job.events.get(timeout=CLIENT_POLL_SECONDS)
+            except queue.Empty:
+                if not self.server.loop.thread.is_alive():
+                    return "error", ApiError("the engine thread has stopped; restart the server", 503,
+                                             kind="server_error")
+                if self._client_left():
+                    self.server.loop.abort(job)
+                    self.close_connection = True
+                    return "left", None
+
+    def _client_left(self) -> bool:
+        """A client waiting for its reply sends nothing: a readable socket with no bytes is a closed one."""
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        if not readable:
+            return False
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _read_json(self):
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
+            self.close_connection = True  # a body may follow that is not read
             raise ApiError("the request needs a Content-Length header (chunked bodies are not read)", 411)
         if int(length) > MAX_BODY_BYTES:
             self.close_connection = True  # the body is left unread
@@ -265,7 +333,9 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             while True:
-                kind, payload = job.events.get()
+                kind, payload = self._next_event(job)
+                if kind == "left":
+                    return
                 if kind == "chunk":
                     self._write_event(json.dumps(payload))
                 elif kind == "error":
@@ -274,7 +344,7 @@ class Handler(BaseHTTPRequestHandler):
                     self._write_event("[DONE]")
                     self.wfile.write(b"0\r\n\r\n")
                     return
-        except (BrokenPipeError, ConnectionResetError):  # the client left: stop spending compute on it
+        except OSError:  # the client left (or stopped reading): stop spending compute on it
             self.server.loop.abort(job)
             self.close_connection = True
 

@@ -77,6 +77,7 @@ def test_unsupported_rope_scaling():
         ({"min_tokens": -3}, "min_tokens must be a non-negative integer"),
         ({"num_ignore": -1}, "num_ignore must be a non-negative integer"),
         ({"max_answer_tokens": -2}, "max_answer_tokens must be a non-negative integer"),
+        ({"suppress": "false"}, "suppress must be True or False"),
     ],
 )
 def test_bad_budgets(kwargs, message):

@@ -18,6 +18,9 @@ NAN, INF = float("nan"), float("inf")
         ({"max_tokens": True}, ValueError, "max_tokens must be a positive integer, got True"),
         ({"stop_token_ids": 5}, TypeError, "stop_token_ids must be a list or tuple of token ids, got 5"),
         ({"stop_token_ids": [True]}, ValueError, "stop_token_ids must be non-negative integers"),
+        ({"seed": -1}, ValueError, "seed must be None or an integer in"),
+        ({"seed": "7"}, ValueError, "seed must be None or an integer in"),
+        ({"seed": 2**64 - 1, "n": 2}, ValueError, r"seed \+ i"),
     ],
 )
 def test_bad_sampling_params(kwargs, error, message):

@@ -78,7 +78,8 @@ def test_chat_puts_thinking_in_reasoning_content_and_the_answer_in_content(serve
     assert status == 200 and body["object"] == "chat.completion"
     message = body["choices"][0]["message"]
     assert expected.thinking_text and expected.answer_text  # both parts are exercised
-    assert message == {"role": "assistant", "content": expected.answer_text, "reasoning_content": expected.thinking_text}
+    assert message == {"role": "assistant", "content": expected.answer_text, "reasoning_content": expected.thinking_text,
+                       "reasoning": expected.thinking_text}
     status, plain = post(server, "/v1/chat/completions", {"messages": MESSAGES, "temperature": 0, "max_tokens": 12})
     no_budget = s1_llm.chat(MESSAGES, SamplingParams(max_tokens=12), use_tqdm=False)[0]
     assert plain["choices"][0]["message"]["content"] == no_budget.text
@@ -106,15 +107,27 @@ def test_streams_add_up_to_the_whole_response(server, chat):
         if chat:
             message = choice["message"]
             assert parts[0]["delta"] == {"role": "assistant", "content": ""}
-            assert "".join(p["delta"].get("reasoning_content", "") for p in parts) == message["reasoning_content"]
+            for name in ("reasoning_content", "reasoning"):
+                assert "".join(p["delta"].get(name, "") for p in parts) == message[name]
             assert "".join(p["delta"].get("content", "") for p in parts) == message["content"]
             streamed = [e for p in parts if p["logprobs"] for e in p["logprobs"]["content"]]
-            assert streamed == choice["logprobs"]["content"]
+            assert same_numbers(streamed, choice["logprobs"]["content"])
         else:
             assert "".join(p["text"] for p in parts) == choice["text"]
             for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
-                assert [x for p in parts if p["logprobs"] for x in p["logprobs"][key]] == choice["logprobs"][key]
+                assert same_numbers([x for p in parts if p["logprobs"] for x in p["logprobs"][key]], choice["logprobs"][key])
     assert len({c["message"]["content"] if chat else c["text"] for c in whole["choices"]}) > 1  # samples differ
+
+
+def same_numbers(a, b) -> bool:
+    """Equal structures, floats within 1e-4 (a prefix-cache hit computes the same logits in another order)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) < 1e-4
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_numbers(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(same_numbers(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def test_logprobs_are_the_engines(server, s1_llm):
@@ -188,15 +201,19 @@ def test_concurrent_requests_batch_and_each_equals_its_run_alone(server, s1_llm)
     assert idle(server)["num_used_blocks"] == 0
 
 
-def test_a_client_that_hangs_up_mid_stream_has_its_request_aborted(server):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_hangs_up_has_its_request_aborted(server, stream):
     before = server.llm.stats()["num_computed_tokens"]
     conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
     conn.request("POST", "/v1/completions", json.dumps({"prompt": [5, 6, 7], "max_tokens": 1000, "ignore_eos": True,
-                                                        "stream": True}))
-    r = conn.getresponse()
-    assert r.status == 200 and r.fp.readline()  # the first chunk arrived
+                                                        "stream": stream}))
+    if stream:
+        r = conn.getresponse()
+        assert r.status == 200 and r.fp.readline()  # the first chunk arrived
+        r.close()
+    else:
+        time.sleep(0.2)  # the request is running
     conn.sock.close()
-    r.close()
     stats = idle(server)
     assert stats["num_used_blocks"] == 0
     assert stats["num_computed_tokens"] - before < 500  # stopped well before its 1000 tokens
@@ -259,3 +276,58 @@ def test_the_load_benchmark_runs(make_model, capsys):
                             "--max-tokens", "4"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| server")]
     assert len(rows) == 2
+
+
+def test_bookkeeping_fields_the_developer_role_and_edge_values_are_taken(server, s1_llm):
+    developer = [{"role": "developer", "content": "Be brief."}, MESSAGES[1]]
+    status, body = post(server, "/v1/chat/completions", {"messages": developer, "temperature": 0, "max_tokens": 12,
+                                                         "user": "u1", "store": False, "metadata": {"k": "v"}})
+    assert status == 200  # the developer message is the system message
+    assert body["choices"][0]["message"]["content"] == s1_llm.chat(MESSAGES, SamplingParams(max_tokens=12),
+                                                                   use_tqdm=False)[0].text
+    sampled = {"prompt": [5, 6, 7], "temperature": 0.8, "seed": 1, "max_tokens": 8}
+    assert (post(server, "/v1/completions", sampled | {"top_k": 10**20})[1]["choices"][0]["text"]
+            == post(server, "/v1/completions", sampled)[1]["choices"][0]["text"])  # k past the vocabulary keeps all
+    status, body = post(server, "/v1/completions", {"prompt": [5, 6, 7], "thinking_budget": 0, "think_format": "r1",
+                                                     "logprobs": 1, "max_tokens": 10, "temperature": 0})
+    out = s1_llm.generate([5, 6, 7], SamplingParams(max_tokens=10, logprobs=1, think_format="r1",
+                                                    budget=ThinkingBudget(max_tokens=0)), use_tqdm=False)[0]
+    token_logprobs = body["choices"][0]["logprobs"]["token_logprobs"]
+    assert status == 200 and token_logprobs[0] is None and token_logprobs[-1] is not None  # spliced, then sampled
+    assert same_numbers(token_logprobs, [None if e is None else e[t] for t, e in zip(out.token_ids, out.logprobs)])
+
+
+def test_a_request_whose_own_work_fails_fails_alone(server, monkeypatch):
+    from engine.serve import Job
+
+    pump = Job.pump
+
+    def pump_failing_for_13_tokens(job, llm):
+        if job.api.params.max_tokens == 13:
+            raise RuntimeError("simulated bug in one reply")
+        return pump(job, llm)
+
+    monkeypatch.setattr(Job, "pump", pump_failing_for_13_tokens)
+    with ThreadPoolExecutor(2) as pool:
+        long = pool.submit(post, server, "/v1/completions", {"prompt": [5, 6, 7], "max_tokens": 150, "ignore_eos": True})
+        time.sleep(0.2)
+        status, body = post(server, "/v1/completions", {"prompt": [8, 9], "max_tokens": 13})
+        assert status == 500 and "simulated bug in one reply" in body["error"]["message"]
+        status, body = long.result()
+    assert status == 200 and body["usage"]["completion_tokens"] == 150
+    assert idle(server)["num_used_blocks"] == 0
+
+
+def test_a_stopped_engine_thread_is_reported_not_waited_on(make_model):
+    srv = OpenAIServer(LLM(model=make_model("llama", seed=11, end_token=1, hf_init=True), block_size=8), port=0,
+                       quiet=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        assert request(srv, "GET", "/health")[0] == 200
+        srv.loop.stop()
+        assert request(srv, "GET", "/health")[0] == 503
+        status, body = post(srv, "/v1/completions", {"prompt": "hi", "max_tokens": 3})
+        assert status == 503 and "engine thread has stopped" in body["error"]["message"]
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -131,7 +131,9 @@ def test_logprobs_equal_transformers_log_softmax(make_model):
     llm = LLM(model=path, block_size=8)
     budget = ThinkingBudget(max_tokens=6, num_ignore=1, final_answer_str="Final Answer:")
     p = prompt(11, seed=8)
+    zero_cap = ThinkingBudget(max_tokens=0, final_answer_str="Final Answer:")  # spliced before any sampling
     for params in (SamplingParams(max_tokens=20, logprobs=3, budget=budget),
+                   SamplingParams(max_tokens=20, logprobs=2, budget=zero_cap),
                    SamplingParams(max_tokens=20, logprobs=0, temperature=0.8, top_k=20, seed=1, ignore_eos=True)):
         out = llm.generate(p, params, use_tqdm=False)[0]
         assert len(out.logprobs) == len(out.token_ids)
