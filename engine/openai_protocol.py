@@ -45,6 +45,17 @@ class ApiRequest:
     params: SamplingParams
     stream: bool
     include_usage: bool
+    max_tokens_given: bool  # a prompt that leaves less room is an error; a default cap just ends at the context
+
+
+def param_of(message: str) -> str | None:
+    """The body field an engine error message is about ("top_p must be ...", "ThinkingBudget.min_tokens ...")."""
+    if message.startswith("ThinkingBudget."):
+        return "thinking_budget"
+    if message.startswith(("prompt", "unknown think format")):
+        return "prompt" if message.startswith("prompt") else "think_format"
+    name = message.split(" ", 1)[0]
+    return name if name in COMMON_FIELDS | COMPLETION_FIELDS | CHAT_FIELDS else None
 
 
 def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiRequest:
@@ -87,12 +98,13 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
             logprobs=_logprobs(body, chat),
         )
     except (ValueError, TypeError) as e:
-        raise ApiError(str(e)) from None
+        raise ApiError(str(e), param=param_of(str(e))) from None
     if len(prompts) * params.n > MAX_CHOICES:
         raise ApiError(f"{len(prompts)} prompts x n={params.n} is more than {MAX_CHOICES} choices in one request",
                        param="n")
     include_usage = _get(options, "include_usage", bool, False)
-    return ApiRequest(chat, prompts, params, stream, include_usage)
+    given = any(body.get(name) is not None for name in ("max_tokens", "max_completion_tokens"))
+    return ApiRequest(chat, prompts, params, stream, include_usage, given)
 
 
 def _get(body: dict, name: str, kind, default):
@@ -156,8 +168,12 @@ def _budget(body: dict) -> ThinkingBudget | None:
     if _is_id(budget):
         return ThinkingBudget(max_tokens=budget)
     names = [f.name for f in fields(ThinkingBudget)]
-    if not isinstance(budget, dict) or set(budget) - set(names):
+    if not isinstance(budget, dict):
         raise ApiError(f"thinking_budget must be an integer (the thinking cap) or an object of {', '.join(names)}",
+                       param="thinking_budget")
+    unknown = sorted(set(budget) - set(names))
+    if unknown:
+        raise ApiError(f"thinking_budget has no field {unknown[0]!r}; its fields are {', '.join(names)}",
                        param="thinking_budget")
     return ThinkingBudget(**budget)
 
@@ -193,17 +209,19 @@ def usage(num_prompt_tokens: int, outputs: list[Output]) -> dict:
             "completion_tokens_details": {"reasoning_tokens": sum(o.num_thinking_tokens for o in outputs)}}
 
 
-def response(api: ApiRequest, head: dict, outputs: list[Output], num_prompt_tokens: int,
-             token_text: Callable[[int], str]) -> dict:
-    """The whole (non-streamed) response; choice i is prompt i // n, sample i % n."""
+def response(api: ApiRequest, head: dict, outputs: list[Output], bounds: list[tuple[int | None, int | None]],
+             num_prompt_tokens: int, token_text: Callable[[int], str]) -> dict:
+    """The whole (non-streamed) response; choice i is prompt i // n, sample i % n; bounds[i] is the output's
+    (thinking_end, answer_start) in tokens."""
     choices = []
-    for index, out in enumerate(outputs):
+    for index, (out, (thinking_end, answer_start)) in enumerate(zip(outputs, bounds)):
         choice = {"index": index, "finish_reason": out.finish_reason, "stop_reason": out.stop_reason,
                   "num_ignores_used": out.num_ignores_used}
         if api.chat:
             reasoning = out.thinking_text if api.params.budget else None
             choice["message"] = {"role": "assistant", "content": out.answer_text, **reasoning_fields(reasoning)}
-            choice["logprobs"] = chat_logprobs(out.token_ids, out.logprobs, api.params.logprobs, token_text)
+            choice["logprobs"] = chat_logprobs(out.token_ids, out.logprobs, api.params.logprobs, token_text, 0,
+                                               thinking_end, answer_start)
         else:
             choice["text"] = out.text
             choice["logprobs"] = completion_logprobs(out.token_ids, out.logprobs, api.params.logprobs, token_text)
@@ -229,9 +247,11 @@ def top(logprob: dict[int, float], k: int) -> list[tuple[int, float]]:
     return sorted(logprob.items(), key=lambda item: -item[1])[:k]
 
 
-def chat_logprobs(token_ids: list[int], logprobs: list | None, k: int, token_text: Callable[[int], str]) -> dict | None:
-    """OpenAI's chat layout, over the sampled tokens: spliced ones (budget forcing wrote them) are left out.
-    `bytes` is null for a token that holds part of a character (its text alone is not what it encodes)."""
+def chat_logprobs(token_ids: list[int], logprobs: list | None, k: int, token_text: Callable[[int], str],
+                  first: int, thinking_end: int | None, answer_start: int | None) -> dict | None:
+    """OpenAI's chat layout: `content` over the sampled answer tokens and, beside it, `reasoning` over the
+    sampled thinking tokens (token_ids start at output position `first`); spliced tokens and the delimiter
+    region are in neither. `bytes` is null for a token that holds part of a character."""
     if logprobs is None:
         return None
 
@@ -239,8 +259,15 @@ def chat_logprobs(token_ids: list[int], logprobs: list | None, k: int, token_tex
         text = token_text(token)
         return {"token": text, "logprob": logprob, "bytes": None if "\ufffd" in text else list(text.encode())}
 
-    return {"content": [{**entry(t, lp[t]), "top_logprobs": [entry(i, v) for i, v in top(lp, k)]}
-                        for t, lp in zip(token_ids, logprobs) if lp is not None]}
+    parts = {"content": [], "reasoning": []}
+    for position, (token, logprob) in enumerate(zip(token_ids, logprobs), first):
+        if logprob is None:
+            continue
+        part = ("content" if answer_start is not None and position >= answer_start
+                else "reasoning" if thinking_end is None or position < thinking_end else None)
+        if part is not None:
+            parts[part].append({**entry(token, logprob[token]), "top_logprobs": [entry(i, v) for i, v in top(logprob, k)]})
+    return parts
 
 
 def completion_logprobs(token_ids: list[int], logprobs: list | None, k: int, token_text: Callable[[int], str],

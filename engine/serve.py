@@ -11,6 +11,7 @@ import argparse
 import json
 import queue
 import select
+import signal
 import socket
 import sys
 import threading
@@ -24,14 +25,15 @@ from jinja2 import TemplateError
 from engine.engine_args import add_engine_args, llm_from_args
 from engine.llm import LLM
 from engine.openai_protocol import (ApiError, ApiRequest, chat_logprobs, chunk, completion_logprobs, header,
-                                    parse_request, reasoning_fields, response, usage)
+                                    param_of, parse_request, reasoning_fields, response, usage)
 from engine.outputs import OutputStream, StreamDelta, phase_chars
 from engine.request import Request
 from engine.sequence import Sequence
 
 MAX_BODY_BYTES = 32 << 20
 CLIENT_POLL_SECONDS = 0.5  # how often a waiting handler checks that its client is still there
-ROUTES = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat
+ROUTES = {"/v1/completions": False, "/v1/chat/completions": True}  # POST path -> chat
+GET_ROUTES = ("/health", "/v1/models")
 
 
 class ChoiceStream:
@@ -60,8 +62,10 @@ class ChoiceStream:
         token_text = self.llm.tokenizer.decode_token
         finish = None if delta.output is None else delta.output.finish_reason
         if self.api.chat:
+            parts = chat_logprobs(ids, logprobs, k, token_text, self.num_tokens, self.seq.thinking_end,
+                                  self.seq.answer_start)
             body = {"index": self.index, "delta": self._chat_delta(delta),
-                    "logprobs": chat_logprobs(ids, logprobs, k, token_text), "finish_reason": finish}
+                    "logprobs": parts if parts and any(parts.values()) else None, "finish_reason": finish}
         else:
             body = {"index": self.index, "text": delta.text,
                     "logprobs": completion_logprobs(ids, logprobs, k, token_text, self.num_token_chars), "finish_reason": finish}
@@ -97,8 +101,12 @@ class Job:
             for prompt in self.api.prompts:
                 ids = llm.chat_prompt(prompt, self.api.params) if self.api.chat else prompt
                 self.requests.append(llm.add_request(ids, self.api.params))
+                room = llm.max_model_len - len(self.requests[-1].prompt_token_ids)
+                if self.api.max_tokens_given and self.api.params.max_tokens > room:
+                    raise ValueError(f"max_tokens is {self.api.params.max_tokens}, but the prompt's "
+                                     f"{llm.max_model_len - room} tokens leave {room} of the context's {llm.max_model_len}")
         except (ValueError, TypeError, TemplateError) as e:
-            self.fail(llm, ApiError(str(e)))
+            self.fail(llm, ApiError(str(e), param=param_of(str(e))))
             return False
         except Exception as e:  # not the request's fault: say so, and keep the engine thread alive
             traceback.print_exc()
@@ -114,12 +122,13 @@ class Job:
         if not all(r.is_finished for r in self.requests):
             return False
         outputs = [o for r in self.requests for o in llm.outputs(r)]
+        bounds = [(seq.thinking_end, seq.answer_start) for r in self.requests for seq in r.samples()]
         num_prompt_tokens = sum(len(r.prompt_token_ids) for r in self.requests)
         error = next((o.error for o in outputs if o.finish_reason == "error"), None)
         if error is not None:
             self.events.put(("error", ApiError(error)))
         elif not self.api.stream:
-            self.events.put(("response", response(self.api, self.head, outputs, num_prompt_tokens,
+            self.events.put(("response", response(self.api, self.head, outputs, bounds, num_prompt_tokens,
                                                   llm.tokenizer.decode_token)))
         else:
             if self.api.include_usage:
@@ -236,6 +245,7 @@ class OpenAIServer(ThreadingHTTPServer):
 
     def __init__(self, llm: LLM, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
                  quiet: bool = False):
+        self.loop: EngineLoop | None = None  # a failed bind calls server_close before there is one
         super().__init__((host, port), Handler)
         self.llm, self.quiet, self.created = llm, quiet, int(time.time())
         self.model_name = model_name or llm.model_dir.name
@@ -243,8 +253,12 @@ class OpenAIServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        if self.loop.thread.is_alive():
+        if self.loop is not None and self.loop.thread.is_alive():
             self.loop.stop()
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # a client that left is not worth a traceback
+            super().handle_error(request, client_address)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -253,7 +267,9 @@ class Handler(BaseHTTPRequestHandler):
     server: OpenAIServer
 
     def do_GET(self) -> None:
-        if self.path == "/health":
+        if self.path in ROUTES:
+            self._send_error(ApiError(f"{self.path} takes POST", 405), {"Allow": "POST"})
+        elif self.path == "/health":
             alive = self.server.loop.thread.is_alive()
             self._send_json(200 if alive else 503, {"status": "ok" if alive else "the engine thread has stopped"})
         elif self.path == "/v1/models":
@@ -264,6 +280,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send_error(ApiError(f"no route GET {self.path}", 404, kind="not_found_error"))
 
     def do_POST(self) -> None:
+        if self.path in GET_ROUTES:
+            self._send_error(ApiError(f"{self.path} takes GET", 405), {"Allow": "GET"})
+            return
         if self.path not in ROUTES:
             self._send_error(ApiError(f"no route POST {self.path}; try {', '.join(ROUTES)}", 404, kind="not_found_error"))
             return
@@ -353,16 +372,18 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
         self.wfile.flush()
 
-    def _send_json(self, status: int, body: dict) -> None:
+    def _send_json(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
-    def _send_error(self, error: ApiError) -> None:
-        self._send_json(error.status, error.body())
+    def _send_error(self, error: ApiError, headers: dict[str, str] | None = None) -> None:
+        self._send_json(error.status, error.body(), headers)
 
     def log_message(self, format: str, *args) -> None:
         if not self.server.quiet:
@@ -371,24 +392,42 @@ class Handler(BaseHTTPRequestHandler):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine.serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000 (0: any free port)")
     p.add_argument("--served-model-name", default=None, help="the `model` clients name (default: the model dir's name)")
     p.add_argument("--quiet", action="store_true", help="no access log")
     add_engine_args(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        p.error(f"--port must be in 0..65535, got {args.port}")
+    if args.served_model_name is not None and not args.served_model_name.strip():
+        p.error("--served-model-name must not be empty")
+    return args
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail before the model loads when the address cannot be listened on (a taken port, an unknown host)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket
+        probe.bind((host, port))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_address(args.host, args.port)
+    except OSError as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
+    try:
         llm = llm_from_args(args)
         server = OpenAIServer(llm, args.host, args.port, args.served_model_name, args.quiet)
-    except (ValueError, TypeError, OSError) as e:  # bad model dir, bad engine flag, port taken
+    except (ValueError, TypeError, OSError) as e:  # bad model dir, bad engine flag, port taken meanwhile
         print(f"error: {e}", file=sys.stderr)
         return 2
     host, port = server.server_address[:2]
     print(f"serving {server.model_name!r} at http://{host}:{port}/v1 (Ctrl-C stops)", file=sys.stderr)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: running requests get a 503, as on Ctrl-C
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -396,6 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ hangs up has its request aborted, and no KV block is left held."""
 import http.client
 import json
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -110,8 +114,11 @@ def test_streams_add_up_to_the_whole_response(server, chat):
             for name in ("reasoning_content", "reasoning"):
                 assert "".join(p["delta"].get(name, "") for p in parts) == message[name]
             assert "".join(p["delta"].get("content", "") for p in parts) == message["content"]
-            streamed = [e for p in parts if p["logprobs"] for e in p["logprobs"]["content"]]
-            assert same_numbers(streamed, choice["logprobs"]["content"])
+            for part in ("content", "reasoning"):
+                streamed = [e for p in parts if p["logprobs"] for e in p["logprobs"][part]]
+                assert same_numbers(streamed, choice["logprobs"][part])
+            answer_tokens = "".join(e["token"] for e in choice["logprobs"]["content"])
+            assert answer_tokens.startswith(message["content"]) and choice["logprobs"]["reasoning"]
         else:
             assert "".join(p["text"] for p in parts) == choice["text"]
             for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
@@ -151,7 +158,11 @@ BAD = [
     ("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, 404, "does not exist"),
     ("/v1/completions", {"prompt": "hi", "thinking_budget": {"min_tokens": 9, "max_tokens": 3}}, 400,
      "min_tokens (9) is above max_tokens (3)"),
-    ("/v1/completions", {"prompt": "hi", "thinking_budget": {"max_token": 3}}, 400, "thinking_budget must be"),
+    ("/v1/completions", {"prompt": "hi", "thinking_budget": {"max_token": 3}}, 400,
+     "thinking_budget has no field 'max_token'"),
+    ("/v1/completions", {"prompt": "hi", "thinking_budget": "long"}, 400, "thinking_budget must be an integer"),
+    ("/v1/completions", {"prompt": [5] * 1000, "max_tokens": 100}, 400, "leave 24 of the context's 1024"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "max_completion_tokens": 5000}, 400, "of the context's 1024"),
     ("/v1/completions", {"prompt": "hi", "presence_penalty": 0.5}, 400, "presence_penalty=0.5 is not supported"),
     ("/v1/completions", {"prompt": [5] * 2000}, 400, "the context holds 1024"),
     ("/v1/completions", {"prompt": [5] * 2000, "stream": True}, 400, "the context holds 1024"),
@@ -177,6 +188,18 @@ def test_a_bad_request_gets_a_clear_error_and_the_server_goes_on(server, path, b
     assert got == status and message in answer["error"]["message"], answer
     assert post(server, "/v1/completions", {"prompt": "hi", "max_tokens": 3})[0] == 200
     assert idle(server)["num_used_blocks"] == 0
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "hi", "temperature": -1}, "temperature"),
+    ({"prompt": "hi", "n": 0}, "n"),
+    ({"prompt": "hi", "thinking_budget": {"min_tokens": 9, "max_tokens": 3}}, "thinking_budget"),
+    ({"prompt": [5] * 2000}, "prompt"),
+    ({"prompt": [5] * 1000, "max_tokens": 100}, "max_tokens"),
+])
+def test_errors_name_the_field(server, body, param):
+    status, answer = post(server, "/v1/completions", body)
+    assert status == 400 and answer["error"]["param"] == param
 
 
 def test_models_and_health(server):
@@ -219,11 +242,38 @@ def test_a_client_that_hangs_up_has_its_request_aborted(server, stream):
     assert stats["num_computed_tokens"] - before < 500  # stopped well before its 1000 tokens
 
 
+def test_the_cli_serves_until_sigterm(make_model):
+    proc = subprocess.Popen([sys.executable, "-m", "engine.serve", "--model", str(make_model("llama", seed=11)),
+                             "--port", "0", "--quiet"], stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parent.parent)
+    try:
+        line = proc.stderr.readline()
+        port = int(re.search(r"http://127.0.0.1:(\d+)/v1", line).group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "hi", "max_tokens": 3}))
+        assert conn.getresponse().status == 200
+        conn.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0 and "stopping" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.stderr.close()
+
+
 def test_cli_reports_a_bad_model_dir_and_bad_flags(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "nowhere"), "--port", "0"]) == 2
     assert "no config.json" in capsys.readouterr().err
     assert main(["--gpu-memory-utilization", "1.5", "--port", "0"]) == 2
     assert "gpu_memory_utilization must be in (0, 1]" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["--port", str(taken.getsockname()[1])]) == 2  # before any model loads
+        assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+    for flags in (["--port", "99999"], ["--served-model-name", " "]):
+        with pytest.raises(SystemExit):
+            main(flags)
+        assert "error: --" in capsys.readouterr().err
 
 
 def test_a_failed_engine_step_fails_its_requests_and_the_server_goes_on(server, monkeypatch):
@@ -331,3 +381,9 @@ def test_a_stopped_engine_thread_is_reported_not_waited_on(make_model):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_route_named_with_the_wrong_method_answers_405(server):
+    status, body = request(server, "GET", "/v1/completions")
+    assert status == 405 and "takes POST" in body["error"]["message"]
+    assert post(server, "/v1/models", {})[0] == 405
