@@ -37,8 +37,9 @@ GET_ROUTES = ("/health", "/v1/models")
 
 
 class ChoiceStream:
-    """One sample's stream chunks: thinking as `reasoning_content`/`reasoning`, the answer as `content` (chat; the
-    delimiter and any final-answer splice are left out, as in the whole response), or all of it as `text`."""
+    """One sample's stream chunks: thinking as `reasoning_content`/`reasoning`, the answer as `content`
+    (chat; the delimiter and any final-answer splice are left out, as in the whole response), or all of
+    it as `text` (completions)."""
 
     def __init__(self, seq: Sequence, llm: LLM, request_id: int, index: int, api: ApiRequest):
         self.seq, self.llm, self.index, self.api = seq, llm, index, api
@@ -67,8 +68,8 @@ class ChoiceStream:
             body = {"index": self.index, "delta": self._chat_delta(delta),
                     "logprobs": parts if parts and any(parts.values()) else None, "finish_reason": finish}
         else:
-            body = {"index": self.index, "text": delta.text,
-                    "logprobs": completion_logprobs(ids, logprobs, k, token_text, self.num_token_chars), "finish_reason": finish}
+            body = {"index": self.index, "text": delta.text, "finish_reason": finish,
+                    "logprobs": completion_logprobs(ids, logprobs, k, token_text, self.num_token_chars)}
         if delta.output is not None:
             body["stop_reason"] = delta.output.stop_reason
         self.num_tokens += len(ids)
