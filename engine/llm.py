@@ -56,6 +56,8 @@ class LLM:
         if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
             raise ValueError(f"cuda_graphs must be None (on where possible), True or False, got {cuda_graphs!r}")
         self.device = resolve_device(device)
+        if self.device.type == "cuda":  # Triton launches and graph capture use this thread's current device
+            torch.cuda.set_device(self.device)
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device.type == "cpu" and self.dtype == torch.float16:
             warnings.warn("float16 on the CPU: one sequence decodes fast, but prefill and batches run 2-4x slower than "

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import torch
 from jinja2 import TemplateError
 
 from engine.engine_args import add_engine_args, llm_from_args
@@ -193,6 +194,8 @@ class EngineLoop:
         self.thread.join()
 
     def _run(self) -> None:
+        if self.llm.device.type == "cuda":  # a new thread starts on device 0: Triton and graphs launch on the current one
+            torch.cuda.set_device(self.llm.device)
         while True:
             commands = [] if self.jobs else [self.inbox.get()]  # idle: sleep until work comes
             while not self.inbox.empty():
