@@ -121,6 +121,16 @@ class LLM:
         return self._submit(self._checked_prompt_ids(prompt), params,
                             [params.budget] if params.budget is not None else [], None)
 
+    def add_sweep(self, prompt: Prompt, params: SamplingParams, budgets: list[ThinkingBudget]) -> Request:
+        """Queue one prompt under every budget setting (see `sweep`); `outputs(request)` gives them in order."""
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        if params.n != 1:
+            raise ValueError(f"sweep runs one sample per setting; got n={params.n}")
+        if not isinstance(budgets, list) or not budgets or not all(isinstance(b, ThinkingBudget) for b in budgets):
+            raise TypeError("budgets must be a non-empty list of ThinkingBudget (or one such list per prompt)")
+        return self._submit(self._checked_prompt_ids(prompt), params, list(budgets), list(budgets))
+
     def _checked_prompt_ids(self, prompt: Prompt) -> list[int]:
         token_ids = self._prompt_ids(prompt)
         if len(token_ids) >= self.max_model_len:
@@ -251,16 +261,10 @@ class LLM:
         budget_lists = budgets if per_prompt else [budgets] * len(prompts)
         if len(budget_lists) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(budget_lists)} lists of budgets")
-        for sp, settings in zip(params_list, budget_lists):
-            if sp.n != 1:
-                raise ValueError(f"sweep runs one sample per setting; got n={sp.n}")
-            if not settings or not all(isinstance(b, ThinkingBudget) for b in settings):
-                raise TypeError("budgets must be a non-empty list of ThinkingBudget (or one such list per prompt)")
         requests = []
         try:
             for prompt, sp, settings in zip(prompts, params_list, budget_lists):
-                token_ids = self._checked_prompt_ids(prompt)
-                requests.append(self._submit(token_ids, sp, list(settings), list(settings)))
+                requests.append(self.add_sweep(prompt, sp, settings))
         except BaseException:
             for r in requests:
                 self.abort(r)

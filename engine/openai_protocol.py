@@ -1,8 +1,9 @@
 """The OpenAI wire format of `engine.serve`: request bodies -> SamplingParams, Outputs -> response bodies.
 
-Budget forcing rides on extra body fields: `thinking_budget` (an int: the thinking cap, or an object of
-ThinkingBudget's fields) and `think_format`; also `top_k`, `stop_token_ids`, `ignore_eos`. A field the
-engine cannot honour (penalties, logit_bias, echo, tools) is an error unless it has its no-op value.
+Budget forcing rides on extra body fields: `thinking_budget` (an int: the thinking cap, an object of
+ThinkingBudget's fields, or a list of those: a sweep, one choice per setting, run as forks of one
+sequence) and `think_format`; also `top_k`, `stop_token_ids`, `ignore_eos`. A field the engine cannot
+honour (penalties, logit_bias, echo, tools) is an error unless it has its no-op value.
 """
 import time
 import uuid
@@ -46,6 +47,11 @@ class ApiRequest:
     stream: bool
     include_usage: bool
     max_tokens_given: bool  # a prompt that leaves less room is an error; a default cap just ends at the context
+    sweep: list[ThinkingBudget] | None = None  # a budget sweep: one choice per setting, from forked sequences
+
+    @property
+    def thinks(self) -> bool:
+        return self.params.budget is not None or self.sweep is not None
 
 
 def param_of(message: str) -> str | None:
@@ -83,6 +89,8 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
     if set(options) - {"include_usage"}:
         raise ApiError(f"stream_options takes include_usage only, got {sorted(options)}", param="stream_options")
     try:
+        budgets = _budgets(body)
+        sweep = budgets if isinstance(body.get("thinking_budget"), list) else None
         params = SamplingParams(
             temperature=float(_get(body, "temperature", (int, float), 1.0)),
             top_p=float(_get(body, "top_p", (int, float), 1.0)),
@@ -92,19 +100,24 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
             stop=_stop(body),
             stop_token_ids=tuple(_get(body, "stop_token_ids", list, [])),
             ignore_eos=_get(body, "ignore_eos", bool, False),
-            budget=_budget(body),
+            budget=None if sweep or not budgets else budgets[0],
             think_format=_get(body, "think_format", str, "s1"),
             n=_get(body, "n", int, 1),
             logprobs=_logprobs(body, chat),
         )
     except (ValueError, TypeError) as e:
         raise ApiError(str(e), param=param_of(str(e))) from None
-    if len(prompts) * params.n > MAX_CHOICES:
-        raise ApiError(f"{len(prompts)} prompts x n={params.n} is more than {MAX_CHOICES} choices in one request",
-                       param="n")
+    if sweep and (params.n != 1 or stream):
+        raise ApiError("a thinking_budget list (a sweep) runs one unstreamed sample per setting: "
+                       f"n must be 1 and stream false, got n={params.n}, stream={str(stream).lower()}",
+                       param="thinking_budget")
+    per_prompt = len(sweep) if sweep else params.n
+    if len(prompts) * per_prompt > MAX_CHOICES:
+        raise ApiError(f"{len(prompts)} prompts x {per_prompt} choices each is more than {MAX_CHOICES} in one request",
+                       param="thinking_budget" if sweep else "n")
     include_usage = _get(options, "include_usage", bool, False)
     given = any(body.get(name) is not None for name in ("max_tokens", "max_completion_tokens"))
-    return ApiRequest(chat, prompts, params, stream, include_usage, given)
+    return ApiRequest(chat, prompts, params, stream, include_usage, given, sweep)
 
 
 def _get(body: dict, name: str, kind, default):
@@ -161,21 +174,31 @@ def _stop(body: dict) -> str | list[str] | None:
     raise ApiError(f"stop must be a string or a list of strings, got {stop!r}", param="stop")
 
 
-def _budget(body: dict) -> ThinkingBudget | None:
-    budget = body.get("thinking_budget")
-    if budget is None:
+def _budgets(body: dict) -> list[ThinkingBudget] | None:
+    """thinking_budget as a list of settings: one setting, or a sweep's (a list in the body)."""
+    value = body.get("thinking_budget")
+    if value is None:
         return None
-    if _is_id(budget):
-        return ThinkingBudget(max_tokens=budget)
+    if isinstance(value, list):
+        if not 1 <= len(value) <= MAX_CHOICES:
+            raise ApiError(f"a thinking_budget list (a sweep) holds 1 to {MAX_CHOICES} settings, got {len(value)}",
+                           param="thinking_budget")
+        return [_budget(v) for v in value]
+    return [_budget(value)]
+
+
+def _budget(value) -> ThinkingBudget:
+    if _is_id(value):
+        return ThinkingBudget(max_tokens=value)
     names = [f.name for f in fields(ThinkingBudget)]
-    if not isinstance(budget, dict):
-        raise ApiError(f"thinking_budget must be an integer (the thinking cap) or an object of {', '.join(names)}",
-                       param="thinking_budget")
-    unknown = sorted(set(budget) - set(names))
+    if not isinstance(value, dict):
+        raise ApiError(f"thinking_budget must be an integer (the thinking cap), an object of {', '.join(names)}, "
+                       "or a list of those (a sweep)", param="thinking_budget")
+    unknown = sorted(set(value) - set(names))
     if unknown:
         raise ApiError(f"thinking_budget has no field {unknown[0]!r}; its fields are {', '.join(names)}",
                        param="thinking_budget")
-    return ThinkingBudget(**budget)
+    return ThinkingBudget(**value)
 
 
 def _logprobs(body: dict, chat: bool) -> int | None:
@@ -211,14 +234,14 @@ def usage(num_prompt_tokens: int, outputs: list[Output]) -> dict:
 
 def response(api: ApiRequest, head: dict, outputs: list[Output], bounds: list[tuple[int | None, int | None]],
              num_prompt_tokens: int, token_text: Callable[[int], str]) -> dict:
-    """The whole (non-streamed) response; choice i is prompt i // n, sample i % n; bounds[i] is the output's
-    (thinking_end, answer_start) in tokens."""
+    """The whole (non-streamed) response; choice i is prompt i // n, sample i % n (in a sweep: prompt i // s,
+    setting i % s); bounds[i] is the output's (thinking_end, answer_start) in tokens."""
     choices = []
     for index, (out, (thinking_end, answer_start)) in enumerate(zip(outputs, bounds)):
         choice = {"index": index, "finish_reason": out.finish_reason, "stop_reason": out.stop_reason,
-                  "num_ignores_used": out.num_ignores_used}
+                  "num_thinking_tokens": out.num_thinking_tokens, "num_ignores_used": out.num_ignores_used}
         if api.chat:
-            reasoning = out.thinking_text if api.params.budget else None
+            reasoning = out.thinking_text if api.thinks else None
             choice["message"] = {"role": "assistant", "content": out.answer_text, **reasoning_fields(reasoning)}
             choice["logprobs"] = chat_logprobs(out.token_ids, out.logprobs, api.params.logprobs, token_text, 0,
                                                thinking_end, answer_start)

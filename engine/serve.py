@@ -18,6 +18,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
@@ -100,9 +101,12 @@ class Job:
 
     def start(self, llm: LLM) -> bool:
         try:
-            for prompt in self.api.prompts:
-                ids = llm.chat_prompt(prompt, self.api.params) if self.api.chat else prompt
-                self.requests.append(llm.add_request(ids, self.api.params))
+            api = self.api
+            opening = replace(api.params, budget=api.sweep[0]) if api.sweep else api.params  # opens thinking
+            for prompt in api.prompts:
+                ids = llm.chat_prompt(prompt, opening) if api.chat else prompt
+                self.requests.append(llm.add_sweep(ids, api.params, api.sweep) if api.sweep
+                                     else llm.add_request(ids, api.params))
                 room = llm.max_model_len - len(self.requests[-1].prompt_token_ids)
                 if self.api.max_tokens_given and self.api.params.max_tokens > room:
                     raise ValueError(f"max_tokens is {self.api.params.max_tokens}, but the prompt's "
@@ -124,7 +128,7 @@ class Job:
         if not all(r.is_finished for r in self.requests):
             return False
         outputs = [o for r in self.requests for o in llm.outputs(r)]
-        bounds = [(seq.thinking_end, seq.answer_start) for r in self.requests for seq in r.samples()]
+        bounds = [bound for r in self.requests for bound in _bounds(r)]
         num_prompt_tokens = sum(len(r.prompt_token_ids) for r in self.requests)
         error = next((o.error for o in outputs if o.finish_reason == "error"), None)
         if error is not None:
@@ -161,6 +165,14 @@ class Job:
             self.abort(llm)
         except Exception:
             traceback.print_exc()
+
+
+def _bounds(request: Request) -> list[tuple[int | None, int | None]]:
+    """(thinking_end, answer_start) of each of a request's outputs: its samples, or its sweep's settings."""
+    if request.sweep is None:
+        return [(seq.thinking_end, seq.answer_start) for seq in request.samples()]
+    states = [request.seq_of_setting(k).settings[k] for k in range(len(request.sweep))]
+    return [(state.thinking_end, state.answer_start) for state in states]
 
 
 class EngineLoop:

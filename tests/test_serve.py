@@ -172,7 +172,8 @@ BAD = [
     ("/v1/completions", {"prompt": "hi", "logprobs": 21}, 400, "logprobs must be between 0 and 20"),
     ("/v1/completions", {"prompt": "hi", "stream_options": {"include_usage": True}}, 400, "needs stream=true"),
     ("/v1/completions", {"prompt": []}, 400, "prompt must be"),
-    ("/v1/completions", {"prompt": [[5]], "n": 300}, 400, "more than 256 choices"),
+    ("/v1/completions", {"prompt": [[5]], "n": 300}, 400, "is more than 256 in one request"),
+    ("/v1/completions", {"prompt": [[5], [6]], "thinking_budget": [1] * 200}, 400, "2 prompts x 200 choices each"),
     ("/v1/completions", {"prompt": [[5], []]}, 400, "prompt is empty"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages must be a non-empty list"),
     ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, 400, "role is one of"),
@@ -387,3 +388,30 @@ def test_a_route_named_with_the_wrong_method_answers_405(server):
     status, body = request(server, "GET", "/v1/completions")
     assert status == 405 and "takes POST" in body["error"]["message"]
     assert post(server, "/v1/models", {})[0] == 405
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_thinking_budget_list_is_a_sweep_equal_to_llm_sweep(server, s1_llm, chat):
+    settings = [{"max_tokens": 4, "final_answer_str": "Final Answer:"}, {"max_tokens": 12, "num_ignore": 1},
+                {"min_tokens": 6, "max_tokens": 20, "final_answer_str": "Final Answer:"}]
+    budgets = [ThinkingBudget(**b) for b in settings]
+    params = SamplingParams(max_tokens=40, temperature=0.8, seed=5)
+    body = {"thinking_budget": settings, "max_tokens": 40, "temperature": 0.8, "seed": 5}
+    if chat:
+        status, reply = post(server, "/v1/chat/completions", body | {"messages": MESSAGES})
+        prompts = [s1_llm.chat_prompt(MESSAGES, SamplingParams(budget=budgets[0]))]
+    else:
+        prompts = [[5, 6, 7], "Count the letters:"]
+        status, reply = post(server, "/v1/completions", body | {"prompt": prompts})
+    assert status == 200
+    expected = [o for row in s1_llm.sweep(prompts, params, budgets, use_tqdm=False) for o in row]
+    assert len(reply["choices"]) == len(expected) == len(prompts) * len(settings)
+    for choice, out in zip(reply["choices"], expected):
+        got = (choice["message"]["reasoning_content"], choice["message"]["content"]) if chat else choice["text"]
+        assert got == ((out.thinking_text, out.answer_text) if chat else out.text)
+        assert choice["num_thinking_tokens"] == out.num_thinking_tokens
+    assert len({c["num_thinking_tokens"] for c in reply["choices"]}) > 1  # the settings differ
+    assert idle(server)["num_used_blocks"] == 0
+    for bad in ({"n": 2}, {"stream": True}):
+        status, answer = post(server, "/v1/completions", body | {"prompt": [5, 6, 7]} | bad)
+        assert status == 400 and "a sweep" in answer["error"]["message"]
