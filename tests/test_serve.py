@@ -415,3 +415,46 @@ def test_a_thinking_budget_list_is_a_sweep_equal_to_llm_sweep(server, s1_llm, ch
     for bad in ({"n": 2}, {"stream": True}):
         status, answer = post(server, "/v1/completions", body | {"prompt": [5, 6, 7]} | bad)
         assert status == 400 and "a sweep" in answer["error"]["message"]
+
+
+LM_EVAL_TASK = """task: serve_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["Question:"]
+  max_gen_toks: 40
+  do_sample: false
+  thinking_budget: {{max_tokens: 12, num_ignore: 1, final_answer_str: "Final Answer:"}}
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_lm_eval_local_completions_runs_a_budget_forced_task_through_the_server(server, s1_llm, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the task reads a local JSON file
+    import lm_eval.models  # noqa: F401  registers local-completions (lm_eval skips it once s1engine is registered)
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    questions = [("What is 2 + 3?", "5"), ("What is 7 - 4?", "3")]
+    data = tmp_path / "gen.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in questions))
+    (tmp_path / "serve_gen.yaml").write_text(LM_EVAL_TASK.format(data=data))
+    results = simple_evaluate(
+        model="local-completions", tasks=["serve_gen"], log_samples=True, bootstrap_iters=0,
+        task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
+        model_args={"base_url": f"http://127.0.0.1:{server.server_address[1]}/v1/completions",
+                    "model": server.model_name, "tokenized_requests": False, "tokenizer_backend": None,
+                    "num_concurrent": 1, "max_retries": 1})
+    params = SamplingParams(max_tokens=40, stop=["Question:"], seed=1234,
+                            budget=ThinkingBudget(max_tokens=12, num_ignore=1, final_answer_str="Final Answer:"))
+    for sample in results["samples"]["serve_gen"]:
+        prompt = sample["arguments"][0][0]
+        assert sample["resps"] == [[s1_llm.generate(prompt, params, use_tqdm=False)[0].text]]
+        assert "Final Answer:" in sample["resps"][0][0] or "<|im_start|>answer" in sample["resps"][0][0]
