@@ -58,8 +58,8 @@ def param_of(message: str) -> str | None:
     """The body field an engine error message is about ("top_p must be ...", "ThinkingBudget.min_tokens ...")."""
     if message.startswith("ThinkingBudget."):
         return "thinking_budget"
-    if message.startswith(("prompt", "unknown think format")):
-        return "prompt" if message.startswith("prompt") else "think_format"
+    if message.startswith("unknown think format"):
+        return "think_format"
     name = message.split(" ", 1)[0]
     return name if name in COMMON_FIELDS | COMPLETION_FIELDS | CHAT_FIELDS else None
 
@@ -80,8 +80,8 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
                        status=404, param="model", kind="not_found_error")
     prompts = _conversations(body) if chat else _prompts(body)
     default_max = max_model_len if chat else COMPLETION_MAX_TOKENS
-    max_tokens = body.get("max_completion_tokens") if chat else None
-    max_tokens = _get(body, "max_completion_tokens" if max_tokens is not None else "max_tokens", int, default_max)
+    max_name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _get(body, max_name, int, default_max)
     stream = _get(body, "stream", bool, False)
     options = _get(body, "stream_options", dict, {})
     if options and not stream:
@@ -116,8 +116,7 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
         raise ApiError(f"{len(prompts)} prompts x {per_prompt} choices each is more than {MAX_CHOICES} in one request",
                        param="thinking_budget" if sweep else "n")
     include_usage = _get(options, "include_usage", bool, False)
-    given = any(body.get(name) is not None for name in ("max_tokens", "max_completion_tokens"))
-    return ApiRequest(chat, prompts, params, stream, include_usage, given, sweep)
+    return ApiRequest(chat, prompts, params, stream, include_usage, body.get(max_name) is not None, sweep)
 
 
 def _get(body: dict, name: str, kind, default):

@@ -67,10 +67,9 @@ class IncrementalDecoder:
 
 def make_output(seq: Sequence, tokenizer: Tokenizer, request_id: int, setting: int | None = None) -> Output:
     """The Output of a sequence (under one of its sweep settings when given)."""
-    visible = seq.output_ids[: seq.num_visible_tokens]
+    visible, _, answer_start = _visible_bounds(seq)
     text = tokenizer.decode(visible)
     thinking_chars, answer_chars = phase_chars(seq, tokenizer)
-    answer_start = len(visible) if seq.answer_start is None else min(seq.answer_start, len(visible))
     if isinstance(seq.stop_reason, str):
         hit = first_stop(text[answer_chars:], seq.params.stop_strings)
         text = text[: answer_chars + hit[0]]
@@ -94,11 +93,17 @@ def make_output(seq: Sequence, tokenizer: Tokenizer, request_id: int, setting: i
     )
 
 
-def phase_chars(seq: Sequence, tokenizer: Tokenizer) -> tuple[int, int]:
-    """Where the delimiter region starts and where the answer starts, in characters of the visible text."""
+def _visible_bounds(seq: Sequence) -> tuple[list[int], int, int]:
+    """The visible output ids and, in them, where thinking ends and the answer starts (the end while unknown)."""
     visible = seq.output_ids[: seq.num_visible_tokens]
     thinking_end = len(visible) if seq.thinking_end is None else seq.thinking_end
     answer_start = len(visible) if seq.answer_start is None else min(seq.answer_start, len(visible))
+    return visible, thinking_end, answer_start
+
+
+def phase_chars(seq: Sequence, tokenizer: Tokenizer) -> tuple[int, int]:
+    """Where the delimiter region starts and where the answer starts, in characters of the visible text."""
+    visible, thinking_end, answer_start = _visible_bounds(seq)
     return len(tokenizer.decode(visible[:thinking_end])), len(tokenizer.decode(visible[:answer_start]))
 
 

@@ -46,7 +46,7 @@ class ChoiceStream:
     def __init__(self, seq: Sequence, llm: LLM, request_id: int, index: int, api: ApiRequest):
         self.seq, self.llm, self.index, self.api = seq, llm, index, api
         self.stream = OutputStream(seq, llm.tokenizer, request_id)
-        self.num_tokens = self.num_token_chars = 0  # handed out so far (tokens, their texts' characters)
+        self.num_tokens = self.num_token_chars = 0  # handed out so far (tokens; completions: their texts' length)
         self.answer_chars = 0  # answer-phase characters seen (delimiter region included)
         self.delimiter_chars: int | None = None
 
@@ -72,10 +72,11 @@ class ChoiceStream:
         else:
             body = {"index": self.index, "text": delta.text, "finish_reason": finish,
                     "logprobs": completion_logprobs(ids, logprobs, k, token_text, self.num_token_chars)}
+            if body["logprobs"] is not None:
+                self.num_token_chars += sum(map(len, body["logprobs"]["tokens"]))
         if delta.output is not None:
             body["stop_reason"] = delta.output.stop_reason
         self.num_tokens += len(ids)
-        self.num_token_chars += sum(len(token_text(t)) for t in ids) if logprobs is not None else 0
         return body
 
     def _chat_delta(self, delta: StreamDelta) -> dict:
@@ -100,23 +101,22 @@ class Job:
         self.streams: dict[int, ChoiceStream] = {}
 
     def start(self, llm: LLM) -> bool:
+        api = self.api
+        opening = replace(api.params, budget=api.sweep[0]) if api.sweep else api.params  # opens thinking
         try:
-            api = self.api
-            opening = replace(api.params, budget=api.sweep[0]) if api.sweep else api.params  # opens thinking
             for prompt in api.prompts:
                 ids = llm.chat_prompt(prompt, opening) if api.chat else prompt
                 self.requests.append(llm.add_sweep(ids, api.params, api.sweep) if api.sweep
                                      else llm.add_request(ids, api.params))
                 room = llm.max_model_len - len(self.requests[-1].prompt_token_ids)
-                if self.api.max_tokens_given and self.api.params.max_tokens > room:
-                    raise ValueError(f"max_tokens is {self.api.params.max_tokens}, but the prompt's "
+                if api.max_tokens_given and api.params.max_tokens > room:
+                    raise ValueError(f"max_tokens is {api.params.max_tokens}, but the prompt's "
                                      f"{llm.max_model_len - room} tokens leave {room} of the context's {llm.max_model_len}")
         except (ValueError, TypeError, TemplateError) as e:
             self.fail(llm, ApiError(str(e), param=param_of(str(e))))
             return False
         except Exception as e:  # not the request's fault: say so, and keep the engine thread alive
-            traceback.print_exc()
-            self.fail(llm, ApiError(f"the engine failed: {type(e).__name__}: {e}", 500, kind="server_error"))
+            self.fail(llm, engine_error(e))
             return False
         self.events.put(("started", None))
         return True
@@ -167,6 +167,12 @@ class Job:
             traceback.print_exc()
 
 
+def engine_error(e: Exception) -> ApiError:
+    """A 500 for an error that is the engine's, not the request's; its traceback goes to the log."""
+    traceback.print_exc()
+    return ApiError(f"the engine failed: {type(e).__name__}: {e}", 500, kind="server_error")
+
+
 def _bounds(request: Request) -> list[tuple[int | None, int | None]]:
     """(thinking_end, answer_start) of each of a request's outputs: its samples, or its sweep's settings."""
     if request.sweep is None:
@@ -194,6 +200,8 @@ class EngineLoop:
 
     def call(self, fn: Callable[[LLM], object]) -> object:
         """fn(llm) run on the engine thread between steps (the LLM is not thread-safe); its result."""
+        if not self.thread.is_alive():
+            raise RuntimeError("the engine thread has stopped")
         done: queue.Queue = queue.Queue()
         self.inbox.put(("call", (fn, done)))
         ok, value = done.get()
@@ -212,11 +220,9 @@ class EngineLoop:
             commands = [] if self.jobs else [self.inbox.get()]  # idle: sleep until work comes
             while not self.inbox.empty():
                 commands.append(self.inbox.get_nowait())
-            for kind, payload in commands:
+            for i, (kind, payload) in enumerate(commands):
                 if kind == "stop":
-                    waiting = [job for k, job in commands if k == "start" and job not in self.jobs]
-                    for job in self.jobs + waiting:
-                        job.fail(self.llm, ApiError("the server is shutting down", 503, kind="server_error"))
+                    self._shut_down(commands[i + 1 :])
                     return
                 self._command(kind, payload)
             self._step()
@@ -234,14 +240,23 @@ class EngineLoop:
             except Exception as e:
                 done.put((False, e))
 
+    def _shut_down(self, unread: list[tuple[str, object]]) -> None:
+        """Fail the running jobs and those still queued behind the stop; answer queued calls."""
+        error = ApiError("the server is shutting down", 503, kind="server_error")
+        for job in self.jobs + [payload for kind, payload in unread if kind == "start"]:
+            job.fail(self.llm, error)
+        for kind, payload in unread:
+            if kind == "call":
+                payload[1].put((False, RuntimeError("the server is shutting down")))
+
     def _step(self) -> None:
         try:
             if self.llm.has_unfinished():
                 self.llm.core.step()
         except Exception as e:
-            traceback.print_exc()
+            error = engine_error(e)
             for job in self.jobs:
-                job.fail(self.llm, ApiError(f"the engine failed: {type(e).__name__}: {e}", 500, kind="server_error"))
+                job.fail(self.llm, error)
             self.jobs = []
             return
         running = []
@@ -250,9 +265,7 @@ class EngineLoop:
                 if not job.pump(self.llm):
                     running.append(job)
             except Exception as e:
-                traceback.print_exc()
-                job.fail(self.llm, ApiError(f"the engine failed on this request: {type(e).__name__}: {e}", 500,
-                                            kind="server_error"))
+                job.fail(self.llm, engine_error(e))
         self.jobs = running
 
 

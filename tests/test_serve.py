@@ -3,6 +3,7 @@ bad requests get a clear error while the server goes on, concurrent requests bat
 hangs up has its request aborted, and no KV block is left held."""
 import http.client
 import json
+import queue
 import re
 import signal
 import socket
@@ -17,7 +18,8 @@ import pytest
 
 from benchmarks import serve_load
 from engine import LLM, SamplingParams, ThinkingBudget
-from engine.serve import OpenAIServer, main
+from engine.openai_protocol import parse_request
+from engine.serve import Job, OpenAIServer, main
 
 BUDGET = {"max_tokens": 10, "num_ignore": 1, "final_answer_str": "Final Answer:"}
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How many r in raspberry?"}]
@@ -349,8 +351,6 @@ def test_bookkeeping_fields_the_developer_role_and_edge_values_are_taken(server,
 
 
 def test_a_request_whose_own_work_fails_fails_alone(server, monkeypatch):
-    from engine.serve import Job
-
     pump = Job.pump
 
     def pump_failing_for_13_tokens(job, llm):
@@ -375,7 +375,17 @@ def test_a_stopped_engine_thread_is_reported_not_waited_on(make_model):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         assert request(srv, "GET", "/health")[0] == 200
-        srv.loop.stop()
+        running, gate = threading.Event(), threading.Event()
+        srv.loop.inbox.put(("call", (lambda llm: running.set() or gate.wait(), queue.Queue())))
+        running.wait()  # the engine thread is inside the call: the stop and the job behind it queue together
+        srv.loop.inbox.put(("stop", None))
+        queued = Job(parse_request({"prompt": "hi"}, False, srv.model_name, 1024), srv.model_name)
+        srv.loop.submit(queued)
+        gate.set()
+        srv.loop.thread.join(timeout=30)
+        assert queued.events.get(timeout=5)[1].status == 503  # a job queued behind the stop is answered
+        with pytest.raises(RuntimeError, match="the engine thread has stopped"):
+            srv.loop.call(lambda llm: None)
         assert request(srv, "GET", "/health")[0] == 503
         status, body = post(srv, "/v1/completions", {"prompt": "hi", "max_tokens": 3})
         assert status == 503 and "engine thread has stopped" in body["error"]["message"]
