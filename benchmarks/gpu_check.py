@@ -1,16 +1,21 @@
 """One command for a lent GPU: kernels vs their references, kernel bandwidth, engine decode speed.
 
-    python -m benchmarks.gpu_check            # on a GPU, < 8 min; appends a table to benchmarks/RESULTS.md
+    python -m benchmarks.gpu_check            # on a GPU, < 8 min; appends its tables to benchmarks/RESULTS.md
     python -m benchmarks.gpu_check --smoke    # the same code paths at tiny sizes, CPU, Triton interpreter
 
-Weights are random (transformers' init), shaped like Qwen2.5-0.5B / 1.5B; the tokenizer is a made-up
-word-level one: nothing is downloaded. The engine decodes through CUDA graphs (on the CPU, the smoke
-run replays the same static buffers eagerly) and, for comparison, eagerly.
+Each part (the copy bandwidth, each kernel, each model's creation, engine and transformers runs) runs in a
+process of its own under one time budget, so a kernel that crashes or poisons the CUDA context, or a run
+that hangs, costs its own row and no other; rows are appended to the results file as they come, so even
+a run cut short leaves what it measured. Weights are random (transformers' init), shaped like
+Qwen2.5-0.5B / 1.5B; the tokenizer is a made-up word-level one: nothing is downloaded. The engine decodes
+through CUDA graphs (on the CPU, the smoke run replays the same static buffers eagerly) and, for
+comparison, eagerly.
 """
 import argparse
 import datetime
-import gc
+import json
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +31,7 @@ SHAPES = {  # transformers Qwen2Config fields
     "tiny": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=False),
 }
+KERNELS = ("decode_attention", "extend_attention", "store_kv", "add_rms_norm", "rotary_", "silu_and_mul", "sample")
 # (GPU, smoke) sizes
 KERNEL_SIZES = {
     False: dict(seqs=32, context=4096, heads=12, kv_heads=2, head_dim=128, block_size=16, chunk=512, tokens=4096,
@@ -34,9 +40,28 @@ KERNEL_SIZES = {
                hidden=96, intermediate=96),
 }
 SAMPLER_SIZES = {False: dict(rows=64, vocab=151936), True: dict(rows=8, vocab=5000)}
-ENGINE_SIZES = {False: dict(prompt=128, new=128, batches=(1, 64), shapes=("qwen2.5-0.5b", "qwen2.5-1.5b"),
-                            nano_seqs=256, nano_len=(100, 1024)),
-                True: dict(prompt=8, new=4, batches=(1, 3), shapes=("tiny",), nano_seqs=4, nano_len=(4, 12))}
+ENGINE_SIZES = {False: dict(prompt=128, new=128, batches=(1, 64), shapes=("qwen2.5-1.5b", "qwen2.5-0.5b"),
+                            nano_seqs=256, nano_len=(100, 1024), max_num_seqs=256),
+                True: dict(prompt=8, new=4, batches=(1, 3), shapes=("tiny",), nano_seqs=4, nano_len=(4, 12),
+                           max_num_seqs=3)}
+BUDGET_S = {False: 450.0, True: 600.0}  # the whole check; a GPU run must end inside a lent machine's 10-minute call
+MARK = "@gpu_check "  # a section's measurements on its stdout, one JSON object a line
+
+
+def sections(smoke: bool) -> list[str]:
+    """Every part of the check, in the order it runs (the issue's targets first)."""
+    names = ["copy"] + [f"kernel:{k}" for k in KERNELS]
+    for shape in ENGINE_SIZES[smoke]["shapes"]:
+        names += [f"model:{shape}", f"engine-graphs:{shape}", f"transformers:{shape}", f"engine-eager:{shape}"]
+    return names
+
+
+# --- the sections, each run in its own process -------------------------------------------------------
+
+def emit(**values) -> None:
+    """Report measurements to the parent (stdout) and to whoever watches the log (stderr)."""
+    print(MARK + json.dumps(values), flush=True)
+    print("gpu_check:", ", ".join(f"{k}={v}" for k, v in values.items()), file=sys.stderr, flush=True)
 
 
 def timed(fn, device: torch.device, iters: int) -> float:
@@ -58,14 +83,16 @@ def timed(fn, device: torch.device, iters: int) -> float:
     return best
 
 
-def copy_bandwidth(device: torch.device, smoke: bool) -> float:
+def copy_section(device: torch.device, smoke: bool) -> None:
     """Bytes/s of a device-to-device copy (read + write)."""
     src = torch.randn((1 << 20) if smoke else (1 << 28), device=device)
     dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / timed(lambda: dst.copy_(src), device, 3 if smoke else 20)
+    emit(bandwidth=2 * src.numel() * 4 / timed(lambda: dst.copy_(src), device, 3 if smoke else 20),
+         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter, smoke)")
 
 
-def kernel_rows(device: torch.device, dtype: torch.dtype, smoke: bool, bandwidth: float) -> list[list[str]]:
+def kernel_section(name: str, device: torch.device, dtype: torch.dtype, smoke: bool) -> None:
+    """One kernel against its reference on fresh random inputs: error, then time and bytes moved."""
     from kernels import activation, decode_attention, extend_attention, reference, rms_norm, rotary, sample, store_kv
 
     s = KERNEL_SIZES[smoke]
@@ -86,39 +113,35 @@ def kernel_rows(device: torch.device, dtype: torch.dtype, smoke: bool, bandwidth
     angles = torch.rand(t, 1, hd // 2, generator=gen, device=device) * 100
     freqs = torch.polar(torch.ones_like(angles), angles)
     kv, slots = randn(t, 2, kvh, hd), torch.randperm(num_blocks * bs, device=device)[:t]
-    sampler_args = sampler_inputs(SAMPLER_SIZES[smoke], device, gen)
-    cases = {  # name: (kernel call, reference call, bytes moved at least)
-        "decode_attention": (lambda m: m.decode_attention(randq, cache, tables, lens), s["seqs"] * s["context"] * 2 * kvh * hd * elt),
-        "extend_attention": (lambda m: m.extend_attention(randt, cache, tables[:4], cu, ext_lens, s["chunk"]),
-                             4 * (s["context"] + s["chunk"]) * 2 * kvh * hd * elt),
-        "store_kv": (lambda m: m.store_kv(kv, cache, slots), 2 * kv.numel() * elt),
-        "add_rms_norm": (lambda m: m.add_rms_norm(x, res, w, 1e-6)[0], 4 * x.numel() * elt),
-        "rotary_": (lambda m: (m.rotary_(qk_work, freqs), qk_work)[1], 2 * qk.numel() * elt),
-        "silu_and_mul": (lambda m: m.silu_and_mul(gate_up), 3 * t * inter * elt),
-        "sample": (lambda m: m.sample(*sampler_args), sampler_args[0].numel() * 4),  # fp32 logits, read once at least
-    }
     randq, randt = randn(s["seqs"], heads, hd), randn(4 * s["chunk"], heads, hd)
-    modules = {"decode_attention": decode_attention, "extend_attention": extend_attention, "store_kv": store_kv,
-               "add_rms_norm": rms_norm, "rotary_": rotary, "silu_and_mul": activation, "sample": sample}
-    rows = []
-    for name, (call, nbytes) in cases.items():
-        qk_work = qk.clone()
-        got = call(modules[name])
+    sampler_args = sampler_inputs(SAMPLER_SIZES[smoke], device, gen)
+    qk_work = qk.clone()
+    cases = {  # name: (module, call, bytes moved at least)
+        "decode_attention": (decode_attention, lambda m: m.decode_attention(randq, cache, tables, lens),
+                             s["seqs"] * s["context"] * 2 * kvh * hd * elt),
+        "extend_attention": (extend_attention, lambda m: m.extend_attention(randt, cache, tables[:4], cu, ext_lens, s["chunk"]),
+                             4 * (s["context"] + s["chunk"]) * 2 * kvh * hd * elt),
+        "store_kv": (store_kv, lambda m: m.store_kv(kv, cache, slots), 2 * kv.numel() * elt),
+        "add_rms_norm": (rms_norm, lambda m: m.add_rms_norm(x, res, w, 1e-6)[0], 4 * x.numel() * elt),
+        "rotary_": (rotary, lambda m: (m.rotary_(qk_work, freqs), qk_work)[1], 2 * qk.numel() * elt),
+        "silu_and_mul": (activation, lambda m: m.silu_and_mul(gate_up), 3 * t * inter * elt),
+        "sample": (sample, lambda m: m.sample(*sampler_args), sampler_args[0].numel() * 4),  # fp32 logits, read once at least
+    }
+    module, call, nbytes = cases[name]
+    if name == "store_kv":  # compare the caches it writes
+        got, want = cache.clone(), cache.clone()
+        store_kv.store_kv(kv, got, slots)
+        reference.store_kv(kv, want, slots)
+    else:
+        got = call(module).clone()
         qk_work = qk.clone()
         want = call(reference)
-        if name == "store_kv":  # compare the caches it writes
-            got, want = cache.clone(), cache.clone()
-            store_kv.store_kv(kv, got, slots)
-            reference.store_kv(kv, want, slots)
-        if name == "sample":  # tokens: equal, or (rarely) a draw landing on a step of the cdf within rounding
-            err = f"{int((got != want).sum())}/{len(got)} tokens differ"
-        else:
-            err = f"{float((got.float() - want.float()).abs().max() / want.float().abs().max()):.1e}"
-        qk_work = qk.clone()
-        seconds = timed(lambda: call(modules[name]), device, 1 if smoke else 20)
-        rows.append([name, err, f"{seconds * 1e6:.1f}", f"{nbytes / seconds / 1e9:.1f}",
-                     f"{nbytes / seconds / bandwidth:.0%}"])
-    return rows
+    if name == "sample":  # tokens: equal, or (rarely) a draw landing on a step of the cdf within rounding
+        error = f"{int((got != want).sum())}/{len(got)} tokens differ"
+    else:
+        error = f"{float((got.float() - want.float()).abs().max() / want.float().abs().max()):.1e}"
+    emit(error=error)
+    emit(seconds=timed(lambda: call(module), device, 1 if smoke else 20), bytes=nbytes)
 
 
 def sampler_inputs(size: dict, device: torch.device, gen: torch.Generator) -> tuple:
@@ -148,7 +171,8 @@ def word_tokenizer(out: Path, size: int = 1000) -> None:
     fast.save_pretrained(out)
 
 
-def random_model(shape: str, out: Path, device: torch.device, dtype: torch.dtype):
+def model_section(shape: str, out: Path, device: torch.device, dtype: torch.dtype) -> None:
+    """A random model of the shape, saved as a checkpoint dir the engine and transformers both load."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(**SHAPES[shape], max_position_embeddings=4096, eos_token_id=2, bos_token_id=1)
@@ -156,76 +180,60 @@ def random_model(shape: str, out: Path, device: torch.device, dtype: torch.dtype
         model = Qwen2ForCausalLM(config).to(dtype).eval()
     model.save_pretrained(out)
     word_tokenizer(out)
-    return model
+    emit(weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
 
 
-def engine_llm(path: Path, device, dtype, kernels: str, max_num_seqs: int, graphs: bool):
-    from engine import LLM
+def workload(smoke: bool) -> tuple[dict[int, list[list[int]]], list[list[int]], list[int]]:
+    """The same requests for every run: decode prompts per batch size, and the nano-vllm-style run's
+    prompts and output lengths (random in its range)."""
+    s, rng = ENGINE_SIZES[smoke], random.Random(0)
+    decode = {batch: [[rng.randrange(3, 1000) for _ in range(s["prompt"])] for _ in range(batch)] for batch in s["batches"]}
+    lo, hi = s["nano_len"]
+    prompts = [[rng.randrange(3, 1000) for _ in range(rng.randint(lo, hi))] for _ in range(s["nano_seqs"])]
+    return decode, prompts, [rng.randint(lo, hi) for _ in prompts]
+
+
+def engine_section(path: Path, device: torch.device, dtype: torch.dtype, smoke: bool, graphs: bool) -> None:
+    """Engine decode tokens/s per batch size (prefill + decode, over new tokens), and with graphs the
+    nano-vllm-style run."""
+    from engine import LLM, SamplingParams
     from engine.graphs import replay_eagerly
 
-    llm = LLM(model=path, device=device, dtype=dtype, kernels=kernels, max_num_seqs=max_num_seqs,
+    s = ENGINE_SIZES[smoke]
+    llm = LLM(model=path, device=device, dtype=dtype, kernels="triton", max_num_seqs=s["max_num_seqs"],
               num_blocks=None if device.type == "cuda" else 32,  # smoke: narrow static tables, a quicker interpreter
               cuda_graphs=graphs and device.type == "cuda")
     if graphs and device.type != "cuda":  # the CPU stand-in: the graphs' static buffers and padding, replayed eagerly
-        llm.core.runner.capture_decode_graphs(max_num_seqs, llm.max_model_len, capture=replay_eagerly)
-    return llm
+        llm.core.runner.capture_decode_graphs(s["max_num_seqs"], llm.max_model_len, capture=replay_eagerly)
+    decode, nano_prompts, nano_lengths = workload(smoke)
+    llm.generate(decode[s["batches"][0]][:1], SamplingParams(max_tokens=2, ignore_eos=True), use_tqdm=False)
+    for batch, prompts in decode.items():
+        params = SamplingParams(max_tokens=s["new"], ignore_eos=True)
+        emit(**{f"decode_{batch}": batch * s["new"] / _wall(lambda: llm.generate(prompts, params, use_tqdm=False), device)})
+    if graphs:
+        params = [SamplingParams(max_tokens=n, ignore_eos=True) for n in nano_lengths]
+        emit(nano=sum(nano_lengths) / _wall(lambda: llm.generate(nano_prompts, params, use_tqdm=False), device))
 
 
-def engine_rows(device, dtype, smoke: bool, bandwidth: float, kernels: str, work: Path) -> list[list[str]]:
-    from engine import SamplingParams
+def transformers_section(path: Path, device: torch.device, dtype: torch.dtype, smoke: bool) -> None:
+    """transformers `generate` on the same requests: greedy decode per batch size, and the nano-vllm-style
+    run as one left-padded batch run to the longest output (a static batch's cost; only the requested
+    tokens are counted)."""
+    from transformers import Qwen2ForCausalLM
 
     s = ENGINE_SIZES[smoke]
-    rng = random.Random(0)
-    max_num_seqs = max(s["batches"]) if smoke else 256
-    rows = []
-    for shape in s["shapes"]:
-        path = work / shape
-        hf = random_model(shape, path, device, dtype)
-        weight_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
-        decode = {batch: [[rng.randrange(3, 1000) for _ in range(s["prompt"])] for _ in range(batch)] for batch in s["batches"]}
-        lo, hi = s["nano_len"]
-        nano_prompts = [[rng.randrange(3, 1000) for _ in range(rng.randint(lo, hi))] for _ in range(s["nano_seqs"])]
-        nano_params = [SamplingParams(max_tokens=rng.randint(lo, hi), ignore_eos=True) for _ in nano_prompts]
-        tps = {}
-        for graphs in (True, False):
-            llm = engine_llm(path, device, dtype, kernels, max_num_seqs, graphs)
-            llm.generate(decode[s["batches"][0]][:1], SamplingParams(max_tokens=2, ignore_eos=True), use_tqdm=False)
-            for batch, prompts in decode.items():
-                params = SamplingParams(max_tokens=s["new"], ignore_eos=True)
-                tps[graphs, batch] = batch * s["new"] / _wall(lambda: llm.generate(prompts, params, use_tqdm=False), device)
-            if graphs:
-                nano_seconds = _wall(lambda: llm.generate(nano_prompts, nano_params, use_tqdm=False), device)
-            del llm
-            gc.collect()  # the next engine sizes its pool from what is free: none of this one may linger
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        for batch, prompts in decode.items():
-            ids = torch.tensor(prompts, device=device)
-            hf_seconds = _wall(lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=s["new"],
-                                                   min_new_tokens=s["new"], do_sample=False, pad_token_id=2), device)
-            hf_tps = batch * s["new"] / hf_seconds
-            roofline = batch * bandwidth / weight_bytes  # every step reads the weights once (KV ignored)
-            rows.append([f"{shape} decode, batch {batch}", f"{tps[True, batch]:.1f}", f"{tps[False, batch]:.1f}",
-                         f"{hf_tps:.1f}", f"{tps[True, batch] / hf_tps:.2f}x", f"{tps[True, batch] / roofline:.0%}"])
-        total = sum(p.max_tokens for p in nano_params)
-        hf_tps = total / _wall(lambda: hf_padded_generate(hf, nano_prompts, max(p.max_tokens for p in nano_params), device), device)
-        rows.append([f"{shape} nano-vllm run, {len(nano_prompts)} seqs", f"{total / nano_seconds:.1f}", "",
-                     f"{hf_tps:.1f}", f"{total / nano_seconds / hf_tps:.2f}x", ""])
-        del hf
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return rows
-
-
-def hf_padded_generate(hf, prompts: list[list[int]], new_tokens: int, device: torch.device) -> None:
-    """transformers serving the same requests as one left-padded batch, run to the longest output (a
-    static batch's cost; only the requested tokens are counted)."""
-    width = max(map(len, prompts))
-    ids = torch.tensor([[2] * (width - len(p)) + p for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                pad_token_id=2)
+    hf = Qwen2ForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    decode, nano_prompts, nano_lengths = workload(smoke)
+    for batch, prompts in decode.items():
+        ids = torch.tensor(prompts, device=device)
+        emit(**{f"decode_{batch}": batch * s["new"] / _wall(
+            lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=s["new"], min_new_tokens=s["new"],
+                                do_sample=False, pad_token_id=2), device)})
+    width, longest = max(map(len, nano_prompts)), max(nano_lengths)
+    ids = torch.tensor([[2] * (width - len(p)) + p for p in nano_prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in nano_prompts], device=device)
+    emit(nano=sum(nano_lengths) / _wall(lambda: hf.generate(ids, attention_mask=mask, max_new_tokens=longest,
+                                                            min_new_tokens=longest, do_sample=False, pad_token_id=2), device))
 
 
 def _wall(fn, device: torch.device) -> float:
@@ -236,45 +244,132 @@ def _wall(fn, device: torch.device) -> float:
     return time.perf_counter() - t
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+def run_section(name: str, smoke: bool, work: Path) -> None:
+    if smoke:
+        from kernels.interpret import enable_interpreter
+
+        enable_interpreter()  # before any kernel module is imported
+        device, dtype, kernel_dtype = torch.device("cpu"), torch.float32, torch.float16  # bf16 dot is wrong there
+    else:
+        device, dtype, kernel_dtype = torch.device("cuda"), torch.bfloat16, torch.bfloat16
+    kind, _, arg = name.partition(":")
+    if kind == "copy":
+        copy_section(device, smoke)
+    elif kind == "kernel":
+        kernel_section(arg, device, kernel_dtype, smoke)
+    elif kind == "model":
+        model_section(arg, work / arg, device, dtype)
+    elif kind in ("engine-graphs", "engine-eager"):
+        engine_section(work / arg, device, dtype, smoke, graphs=kind == "engine-graphs")
+    elif kind == "transformers":
+        transformers_section(work / arg, device, dtype, smoke)
+    else:
+        raise ValueError(f"unknown section {name!r}")
+
+
+# --- the parent: runs the sections, writes the tables ---------------------------------------------
+
+class Results:
+    """Lines printed and appended to the results file as they come."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def write(self, *lines: str) -> None:
+        text = "\n".join(lines)
+        print(text, flush=True)
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(text + "\n")
+
+
+def spawn(name: str, smoke: bool, work: Path, timeout: float) -> tuple[dict, str | None]:
+    """Run one section in a fresh process: its measurements, and why it failed (None if it did not)."""
+    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--section", name, "--work", str(work)] + (["--smoke"] if smoke else [])
+    if timeout <= 0:
+        return {}, "skipped: the time budget was spent"
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parents[1])
+        out, err = proc.stdout, proc.stderr
+        failure = None if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+    except subprocess.TimeoutExpired as e:
+        out, err = (b.decode() if isinstance(b, bytes) else (b or "") for b in (e.stdout, e.stderr))
+        failure = f"stopped after {timeout:.0f} s (time budget)"
+    sys.stderr.write(err)
+    values = {}
+    for line in out.splitlines():
+        if line.startswith(MARK):
+            values.update(json.loads(line[len(MARK):]))
+    if failure and proc_error(err):
+        failure += ": " + proc_error(err)
+    return values, failure
+
+
+def proc_error(stderr: str) -> str:
+    """The last line of a traceback (the exception), for the table."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("gpu_check:")]
+    return lines[-1].replace("|", "/")[:200] if lines else ""
+
+
+def fmt(value: float | None, pattern: str = "{:.1f}") -> str:
+    return "-" if value is None else pattern.format(value)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU under the Triton interpreter")
     parser.add_argument("--results", type=Path, help="append the tables here (default: benchmarks/RESULTS.md on a GPU)")
+    parser.add_argument("--budget", type=float, help="seconds for the whole check (default 450 on a GPU, 600 smoke)")
+    parser.add_argument("--section", help=argparse.SUPPRESS)  # a child process runs one part
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.smoke:
-        from kernels.interpret import enable_interpreter
-
-        enable_interpreter()
-        device, dtype, kernel_dtype = torch.device("cpu"), torch.float32, torch.float16  # bf16 dot is wrong there
-        kernels, results = "triton", args.results
-    else:
-        if not torch.cuda.is_available():
-            parser.error("no CUDA GPU here: run with --smoke for the CPU check")
-        device, dtype, kernel_dtype = torch.device("cuda"), torch.bfloat16, torch.bfloat16
-        kernels, results = "triton", args.results or Path(__file__).with_name("RESULTS.md")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter, smoke)"
-    bandwidth = copy_bandwidth(device, args.smoke)
-    out = [f"## GPU check: {name}, {datetime.date.today()}, `python -m benchmarks.gpu_check{' --smoke' if args.smoke else ''}`",
-           "", f"Measured device copy: {bandwidth / 1e9:.1f} GB/s.", ""]
-    out.append(table(["kernel", f"rel. error vs reference ({str(kernel_dtype)[6:]})", "time us", "GB/s", "of copy"],
-                     kernel_rows(device, kernel_dtype, args.smoke, bandwidth)))
+    if args.section:
+        run_section(args.section, args.smoke, args.work)
+        return 0
+    if not args.smoke and not torch.cuda.is_available():
+        parser.error("no CUDA GPU here: run with --smoke for the CPU check")
+    if args.budget is not None and args.budget <= 0:
+        parser.error("--budget must be positive")
+    deadline = time.monotonic() + (args.budget or BUDGET_S[args.smoke])
+    results = args.results or (None if args.smoke else Path(__file__).with_name("RESULTS.md"))
+    out, failures = Results(results), []
+    kernel_dtype = "fp16" if args.smoke else "bf16"  # bf16 dot is wrong under the interpreter
     with tempfile.TemporaryDirectory() as work:
-        rows = engine_rows(device, dtype, args.smoke, bandwidth, kernels, Path(work))
-    out += ["", table(["engine run", "engine tok/s (graphs)", "engine tok/s (eager)", "transformers generate tok/s",
-                       "ratio (graphs)", "of weight roofline"], rows),
-            "", "Decode runs prefill + decode (tok/s over new tokens). The nano-vllm run's transformers column is one "
-            "left-padded batch run to the longest output, counting only the requested tokens.", ""]
-    text = "\n".join(out)
-    print(text)
-    if results is not None:
-        with open(results, "a") as f:
-            f.write("\n" + text)
-    return 0
+        def part(section: str) -> dict:
+            values, failure = spawn(section, args.smoke, Path(work), deadline - time.monotonic())
+            if failure:
+                failures.append(f"{section}: {failure}")
+            return values
+
+        copy = part("copy")  # the parent itself never touches the GPU: its context would cost the engines memory
+        bandwidth = copy.get("bandwidth")
+        out.write("", f"## GPU check: {copy.get('device', 'unknown device')}, {datetime.date.today()}, "
+                      f"`python -m benchmarks.gpu_check{' --smoke' if args.smoke else ''}`", "",
+                  f"Measured device copy: {fmt(bandwidth and bandwidth / 1e9)} GB/s.", "",
+                  f"| kernel | rel. error vs reference ({kernel_dtype}) | time us | GB/s | of copy |", "|---|---|---|---|---|")
+        for kernel in KERNELS:
+            v = part(f"kernel:{kernel}")
+            rate = v["bytes"] / v["seconds"] if "seconds" in v else None
+            out.write(f"| {kernel} | {v.get('error', 'failed')} | {fmt(v.get('seconds') and v['seconds'] * 1e6)} | "
+                      f"{fmt(rate and rate / 1e9)} | {fmt(rate and bandwidth and rate / bandwidth, '{:.0%}')} |")
+        out.write("", "| engine run | engine tok/s (graphs) | engine tok/s (eager) | transformers generate tok/s | "
+                      "ratio (graphs) | of weight roofline |", "|---|---|---|---|---|---|")
+        s = ENGINE_SIZES[args.smoke]
+        for shape in s["shapes"]:
+            weight_bytes = part(f"model:{shape}").get("weight_bytes")
+            graphs, hf, eager = (part(f"{kind}:{shape}") if weight_bytes else {}
+                                 for kind in ("engine-graphs", "transformers", "engine-eager"))
+            for key, label, batch in [(f"decode_{b}", f"decode, batch {b}", b) for b in s["batches"]] + [
+                    ("nano", f"nano-vllm run, {s['nano_seqs']} seqs", None)]:
+                ratio = graphs[key] / hf[key] if key in graphs and key in hf else None
+                roofline = batch * bandwidth / weight_bytes if batch and bandwidth and weight_bytes else None  # weights read once a step
+                share = graphs[key] / roofline if key in graphs and roofline else None
+                out.write(f"| {shape} {label} | {fmt(graphs.get(key))} | {fmt(eager.get(key))} | {fmt(hf.get(key))} | "
+                          f"{fmt(ratio, '{:.2f}x')} | {fmt(share, '{:.0%}')} |")
+    out.write("", "Decode runs prefill + decode (tok/s over new tokens). The nano-vllm run's transformers column is one "
+                  "left-padded batch run to the longest output, counting only the requested tokens.",
+              *(["", "Failed or skipped:", *(f"- {f}" for f in failures)] if failures else []), "")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
