@@ -171,7 +171,7 @@ def word_tokenizer(out: Path, size: int = 1000) -> None:
     fast.save_pretrained(out)
 
 
-def model_section(shape: str, out: Path, device: torch.device, dtype: torch.dtype) -> None:
+def random_model(shape: str, out: Path, device: torch.device, dtype: torch.dtype):
     """A random model of the shape, saved as a checkpoint dir the engine and transformers both load."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -180,6 +180,11 @@ def model_section(shape: str, out: Path, device: torch.device, dtype: torch.dtyp
         model = Qwen2ForCausalLM(config).to(dtype).eval()
     model.save_pretrained(out)
     word_tokenizer(out)
+    return model
+
+
+def model_section(shape: str, out: Path, device: torch.device, dtype: torch.dtype) -> None:
+    model = random_model(shape, out, device, dtype)
     emit(weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
 
 
