@@ -37,7 +37,14 @@ class BlockManager:
         return len(self.key_to_block)
 
     def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
-        """Blocks to add so that `seq` can hold `num_tokens` tokens in total."""
+        """Blocks to take so that `seq` can write its tokens up to `num_tokens`: the blocks to add, and a
+        copy of each shared block it writes into (`prepare_write` takes those)."""
+        bs, table = self.block_size, seq.block_table
+        shared = sum(self.ref_counts[table[i]] > 1
+                     for i in range(seq.num_cached_tokens // bs, min(len(table), -(-num_tokens // bs))))
+        return self._blocks_to_add(seq, num_tokens) + shared
+
+    def _blocks_to_add(self, seq: Sequence, num_tokens: int) -> int:
         return max(0, -(-num_tokens // self.block_size) - len(seq.block_table))
 
     def can_allocate(self, seq: Sequence, num_tokens: int) -> bool:
@@ -66,7 +73,7 @@ class BlockManager:
         needed = self.blocks_needed(seq, num_tokens)
         if needed > self.num_free_blocks:
             raise RuntimeError(f"out of KV blocks: need {needed}, {self.num_free_blocks} free")
-        for _ in range(needed):
+        for _ in range(self._blocks_to_add(seq, num_tokens)):
             seq.block_table.append(self._take_block())
 
     def prepare_write(self, seq: Sequence, start: int, end: int) -> list[tuple[int, int]]:

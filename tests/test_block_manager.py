@@ -26,6 +26,27 @@ def test_allocate_grows_by_whole_blocks_and_free_returns_them():
     bm.check_all_free()
 
 
+def test_a_write_into_a_shared_block_counts_its_copy_among_the_blocks_needed():
+    bm = BlockManager(num_blocks=3, block_size=4)
+    a, b, c = seq(0, 6), seq(1, 6), seq(2, 4)
+    bm.allocate(a, 6)
+    a.num_cached_tokens = 6
+    bm.fork(a, b)
+    b.num_cached_tokens = 6
+    bm.allocate(c, 4)  # the last free block
+    assert bm.blocks_needed(a, 7) == 1 and not bm.can_allocate(a, 7)  # the shared partial block needs a copy
+    with pytest.raises(RuntimeError, match="out of KV blocks: need 1, 0 free"):
+        bm.allocate(a, 7)
+    bm.free(c)
+    assert bm.can_allocate(a, 7)
+    bm.allocate(a, 7)
+    assert len(bm.prepare_write(a, 6, 7)) == 1 and bm.num_free_blocks == 0
+    assert bm.blocks_needed(b, 7) == 0  # a took its copy: b now writes its block alone
+    bm.free(a)
+    bm.free(b)
+    bm.check_all_free()
+
+
 def test_forked_blocks_stay_until_the_last_reference_goes_and_are_copied_before_a_write():
     bm = BlockManager(num_blocks=8, block_size=4)
     a, b = seq(0, 10), seq(1, 10)
