@@ -16,6 +16,9 @@ from engine.stops import first_stop, window_tokens
 from engine.tokenizer import Tokenizer
 
 
+PROMPT_LOGPROB_ROWS = 512  # prompt positions whose log-softmax is taken at once
+
+
 class EngineCore:
     def __init__(
         self,
@@ -50,7 +53,8 @@ class EngineCore:
                 _mirror(branch)
                 if branch.logprobs is not None:  # a zero cap spliced the delimiter: nothing sampled it
                     branch.logprobs.extend([None] * (branch.num_output_tokens - len(branch.logprobs)))
-            if not self._finish_if_at_length(branch):  # a zero budget can leave nothing to generate
+            first, end = branch.prompt_logit_span  # prompt logprobs are computed even with nothing to generate
+            if first < end or not self._finish_if_at_length(branch):  # a zero budget can leave nothing to generate
                 self.scheduler.add(branch)
 
     def abort(self, request: Request) -> None:
@@ -74,33 +78,6 @@ class EngineCore:
         }
 
     @torch.inference_mode()
-    def score(self, token_ids: list[int], start: int) -> list[float]:
-        """Log-probabilities of token_ids[start:], each given everything before it (prompt scoring). A
-        cached prefix is reused; the blocks are free again when it returns."""
-        seq = Sequence(self._new_seq_id(), list(token_ids), len(token_ids), SamplingParams(), torch.Generator())
-        bm, chunk = self.block_manager, self.scheduler.max_num_batched_tokens
-        if len(seq) > bm.num_blocks * bm.block_size:
-            raise ValueError(f"{len(seq)} tokens do not fit in the KV pool ({bm.num_blocks * bm.block_size})")
-        bm.match_prefix(seq, compute_from=start - 1)
-        logprobs: list[float] = []
-        try:
-            while seq.num_cached_tokens < len(seq):
-                first, n = seq.num_cached_tokens, min(chunk, len(seq) - seq.num_cached_tokens)
-                if not bm.can_allocate(seq, first + n):
-                    raise RuntimeError("the KV pool is busy; score when fewer requests run")
-                bm.allocate(seq, first + n)
-                batch = ScheduledBatch([seq], [n], is_prefill=True, copies=bm.prepare_write(seq, first, first + n))
-                logits = torch.log_softmax(self.runner.run(batch, all_positions=True).float(), dim=-1)
-                seq.num_cached_tokens += n
-                bm.commit(seq)
-                self.num_computed_tokens += n
-                for pos in range(max(first, start - 1), first + n - 1 if first + n == len(seq) else first + n):
-                    logprobs.append(logits[pos - first, token_ids[pos + 1]].item())
-        finally:
-            bm.free(seq)
-        return logprobs
-
-    @torch.inference_mode()
     def step(self) -> list[Sequence]:
         """One forward over the scheduled batch; returns the sequences it touched."""
         batch, rejected = self.scheduler.schedule()
@@ -110,7 +87,7 @@ class EngineCore:
         if batch is None:
             return rejected
         sampling = [batch.seqs[i] for i in batch.sampling]
-        logits = self.runner.run(batch)
+        logits = self._take_prompt_logprobs(batch, self.runner.run(batch))
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_cached_tokens += n
             self.block_manager.commit(seq)
@@ -118,6 +95,36 @@ class EngineCore:
         if sampling:
             self._sample(sampling, logits)
         return batch.seqs + rejected
+
+    def _take_prompt_logprobs(self, batch: ScheduledBatch, logits: torch.Tensor) -> torch.Tensor:
+        """Record the prompt logprobs that the step's logit rows owe (before the sequences count the step's
+        tokens as cached); return the rows of the sequences that sample."""
+        sample_rows, score_rows, targets, owners, row = [], [], [], [], 0
+        for seq, n, offsets in zip(batch.seqs, batch.num_tokens, batch.logit_rows):
+            samples = seq.num_uncached_tokens == n
+            for j, offset in enumerate(offsets[:-1] if samples else offsets):
+                score_rows.append(row + j)
+                targets.append(seq.token_ids[seq.num_cached_tokens + offset + 1])
+                owners.append(seq)
+            if samples:
+                sample_rows.append(row + len(offsets) - 1)
+            row += len(offsets)
+        if not score_rows:
+            return logits
+        for lo in range(0, len(score_rows), PROMPT_LOGPROB_ROWS):  # bounded fp32 copies of [rows, vocab]
+            rows = slice(lo, lo + PROMPT_LOGPROB_ROWS)
+            logprobs = torch.log_softmax(logits[score_rows[rows]].float(), dim=-1)
+            chosen = logprobs.gather(1, torch.tensor(targets[rows], device=logits.device)[:, None])[:, 0].tolist()
+            k = max(seq.params.prompt_logprobs or 0 for seq in owners[rows])
+            top = logprobs.topk(k) if k else None
+            top_ids, top_values = (top.indices.tolist(), top.values.tolist()) if k else ([], [])
+            for i, (seq, token, value) in enumerate(zip(owners[rows], targets[rows], chosen)):
+                kk = seq.params.prompt_logprobs or 0
+                entry = {token: value}
+                if kk:
+                    entry.update(zip(top_ids[i][:kk], top_values[i][:kk]))
+                seq.prompt_logprobs.append(entry)
+        return logits[sample_rows]
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         """Fork where sequences split before sampling (n samples; sweep settings whose masks differ),
@@ -257,6 +264,8 @@ class EngineCore:
             request_id=parent.request_id, sample_index=parent.sample_index,
             logprobs=None if parent.logprobs is None else list(parent.logprobs),
             cumulative_logprob=parent.cumulative_logprob,
+            prompt_logprobs=None if parent.prompt_logprobs is None else list(parent.prompt_logprobs),
+            prompt_logprobs_from=parent.prompt_logprobs_from,
         )
         if seed is None:
             child.settings = {k: parent.settings.pop(k) for k in settings}

@@ -141,12 +141,14 @@ class LLM:
         return token_ids
 
     def _submit(self, token_ids: list[int], params: SamplingParams, budgets: list[ThinkingBudget],
-                sweep: list[ThinkingBudget] | None) -> Request:
+                sweep: list[ThinkingBudget] | None, prompt_logprobs_from: int = 1) -> Request:
         seeds = ([params.seed + i for i in range(params.n)] if params.seed is not None
                  else [self._seed_source.getrandbits(62) for _ in range(params.n)])
         generator = torch.Generator().manual_seed(seeds[0])  # on the CPU: the sampler draws one number a step
         seq = Sequence(-1, list(token_ids), len(token_ids), params, generator, request_id=self._next_id,
-                       fork_seeds=seeds[1:], logprobs=None if params.logprobs is None else [])
+                       fork_seeds=seeds[1:], logprobs=None if params.logprobs is None else [],
+                       prompt_logprobs=None if params.prompt_logprobs is None else [],
+                       prompt_logprobs_from=prompt_logprobs_from)
         for index, budget in enumerate(budgets):
             seq.settings[index] = BudgetState(budget, self.budget_tokens(replace(params, budget=budget)))
         request = Request(self._next_id, list(token_ids), params, [seq], sweep=sweep)
@@ -274,12 +276,13 @@ class LLM:
 
     def score(self, prompts: Prompt | list[Prompt], continuations: Prompt | list[Prompt]) -> list[list[float]]:
         """Per continuation token, its log-probability given the prompt and the continuation before it (the
-        log-softmax of the model's logits). Strings are tokenized apart, then joined as ids."""
+        log-softmax of the model's logits). Strings are tokenized apart, then joined as ids. The pairs run
+        as one batch of prompt-logprob requests (a cached prompt prefix is reused)."""
         single = isinstance(prompts, str) or (isinstance(prompts, list) and bool(prompts) and type(prompts[0]) is int)
         prompts, continuations = ([prompts], [continuations]) if single else (prompts, continuations)
         if len(prompts) != len(continuations):
             raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations")
-        scores = []
+        pairs = []
         for prompt, continuation in zip(prompts, continuations):
             context = self._prompt_ids(prompt)
             tail = (self.tokenizer.encode_piece(continuation) if isinstance(continuation, str)
@@ -287,7 +290,21 @@ class LLM:
             if len(context) + len(tail) > self.max_model_len:
                 raise ValueError(f"prompt + continuation is {len(context) + len(tail)} tokens; the context holds "
                                  f"{self.max_model_len}")
-            scores.append(self.core.score(context + tail, len(context)))
+            pairs.append((context, tail))
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0)  # the one sampled token is dropped
+        requests = []
+        try:
+            for context, tail in pairs:
+                requests.append(self._submit(context + tail, params, [], None, prompt_logprobs_from=len(context)))
+        except BaseException:
+            for r in requests:
+                self.abort(r)
+            raise
+        scores = []
+        for out, (context, tail) in zip(self._run(requests, use_tqdm=False), pairs):
+            if out.error is not None:
+                raise ValueError(out.error)
+            scores.append([entry[token] for entry, token in zip(out.prompt_logprobs[len(context):], tail)])
         return scores
 
     def chat_prompt(self, messages: list[dict], params: SamplingParams) -> list[int]:

@@ -30,6 +30,7 @@ class Output:
     sample_index: int = 0  # which of the request's `n` samples
     logprobs: list[dict[int, float] | None] | None = None  # per token in token_ids (None: spliced)
     cumulative_logprob: float | None = None  # sum over the sampled tokens
+    prompt_logprobs: list[dict[int, float] | None] | None = None  # per prompt token (None: not scored, as the first)
 
 
 @dataclass(slots=True)
@@ -90,6 +91,7 @@ def make_output(seq: Sequence, tokenizer: Tokenizer, request_id: int, setting: i
         sample_index=seq.sample_index,
         logprobs=None if seq.logprobs is None else list(seq.logprobs),
         cumulative_logprob=None if seq.logprobs is None else seq.cumulative_logprob,
+        prompt_logprobs=None if seq.prompt_logprobs is None else [None] * seq.prompt_logprobs_from + seq.prompt_logprobs,
     )
 
 

@@ -56,11 +56,11 @@ class ModelRunner:
         lens = [num_tokens // num_seqs + (i < num_tokens % num_seqs) for i in range(num_seqs)]
         seqs, next_block = [], 0
         for i, n in enumerate(lens):
-            seq = Sequence(i, [0] * n, n, SamplingParams(), torch.Generator())
+            seq = Sequence(i, [0] * n, n, SamplingParams(), torch.Generator(), prompt_logprobs=[])
             seq.block_table = list(range(next_block, next_block + -(-n // self.block_size)))
             next_block += len(seq.block_table)
             seqs.append(seq)
-        logits = self.run(ScheduledBatch(seqs, lens, is_prefill=True), all_positions=True)
+        logits = self.run(ScheduledBatch(seqs, lens, is_prefill=True))  # every position: prompt logprobs
         torch.log_softmax(logits.float(), dim=-1)
         last = logits[torch.tensor(lens, device=self.device).cumsum(0) - 1]
         rows = len(seqs)
@@ -74,9 +74,9 @@ class ModelRunner:
         per_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim
         return per_token * block_size * torch.empty((), dtype=dtype).element_size()
 
-    def run(self, batch: ScheduledBatch, all_positions: bool = False) -> torch.Tensor:
-        """Forward the batch's new tokens; logits [len(batch.sampling), vocab] for the sequences that sample,
-        or for every new token with `all_positions` (scoring)."""
+    def run(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Forward the batch's new tokens; logits [rows, vocab] of the tokens in `batch.logit_rows`, in
+        order (without prompt logprobs: one row per sequence that samples)."""
         for src, dst in batch.copies:  # copy-on-write of shared blocks, before anything writes them
             self.kv_cache[:, :, :, dst] = self.kv_cache[:, :, :, src]
         input_ids, positions, slots = [], [], []
@@ -90,11 +90,8 @@ class ModelRunner:
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
             cu_seqlens_q.append(cu_seqlens_q[-1] + n)
             context_lens.append(start + n)
-        if all_positions:
-            logits_indices = list(range(cu_seqlens_q[-1]))
-        else:
-            logits_indices = [cu_seqlens_q[i + 1] - 1 for i in batch.sampling]
-        if self.graphs is not None and self._replays(batch, all_positions):
+        logits_indices = [cu_seqlens_q[i] + offset for i, offsets in enumerate(batch.logit_rows) for offset in offsets]
+        if self.graphs is not None and self._replays(batch):
             logits = self.graphs.run(input_ids, positions, slots, _padded_tables(batch.seqs), context_lens)
             return logits if len(logits_indices) == len(batch.seqs) else logits[batch.sampling]
         max_blocks = max(len(seq.block_table) for seq in batch.seqs)
@@ -120,9 +117,9 @@ class ModelRunner:
                 meta.block_run = (table[0], len(table))
         return self.model(self._tensor(input_ids), meta, self.kv_cache, self._tensor(logits_indices))
 
-    def _replays(self, batch: ScheduledBatch, all_positions: bool) -> bool:
+    def _replays(self, batch: ScheduledBatch) -> bool:
         """A decode step (one new token per sequence) that a captured graph holds."""
-        return (not batch.is_prefill and not all_positions and len(batch.seqs) <= self.graphs.max_batch
+        return (not batch.is_prefill and len(batch.seqs) <= self.graphs.max_batch
                 and all(n == 1 for n in batch.num_tokens))
 
     def _workspace_for(self, num_blocks: int) -> torch.Tensor:

@@ -18,6 +18,8 @@ class SamplingParams:
     `n` samples share the prompt's KV: sample i of a request seeded s equals a request with n=1 and
     seed s+i. `logprobs=k` returns, per sampled token, its log-probability and the k most likely
     tokens', from the model's raw logits (before temperature, top-k/top-p and budget masks).
+    `prompt_logprobs=k` returns the same for every prompt token after the first (None for the first),
+    each given the tokens before it; those prompt positions are computed, not taken from the prefix cache.
     """
 
     temperature: float = 0.0
@@ -32,12 +34,15 @@ class SamplingParams:
     think_format: str = "s1"
     n: int = 1
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     def __post_init__(self):
         if not _is_int(self.n) or self.n < 1:
             raise ValueError(f"n must be a positive integer, got {self.n!r}")
         if self.logprobs is not None and (not _is_int(self.logprobs) or self.logprobs < 0):
             raise ValueError(f"logprobs must be None or a non-negative integer, got {self.logprobs!r}")
+        if self.prompt_logprobs is not None and (not _is_int(self.prompt_logprobs) or self.prompt_logprobs < 0):
+            raise ValueError(f"prompt_logprobs must be None or a non-negative integer, got {self.prompt_logprobs!r}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ValueError(f"temperature must be >= 0 and finite, got {self.temperature}")
         if not 0 < self.top_p <= 1:  # also false for nan

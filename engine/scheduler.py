@@ -12,6 +12,19 @@ class ScheduledBatch:
     num_tokens: list[int]  # new tokens each sequence forwards this step
     is_prefill: bool
     copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) blocks to copy before the forward
+    # per sequence, the offsets among its new tokens whose logits the step keeps: those that still owe a
+    # prompt logprob, then the last one when the sequence samples (set from the sequences' state at creation)
+    logit_rows: list[list[int]] = field(init=False)
+
+    def __post_init__(self):
+        self.logit_rows = []
+        for seq, n in zip(self.seqs, self.num_tokens):
+            start = seq.num_cached_tokens
+            first, end = seq.prompt_logit_span
+            offsets = list(range(max(first, start) - start, min(end, start + n) - start))
+            if seq.num_uncached_tokens == n:
+                offsets.append(n - 1)
+            self.logit_rows.append(offsets)
 
     @property
     def sampling(self) -> list[int]:
@@ -50,7 +63,8 @@ class Scheduler:
             if len(seq) > bm.num_blocks * bm.block_size:
                 rejected.append(self.waiting.popleft())
                 continue
-            bm.match_prefix(seq)
+            first, end = seq.prompt_logit_span
+            bm.match_prefix(seq, compute_from=first if first < end else None)  # owed prompt logits are computed
             next_block_end = (len(seq.block_keys) + 1) * bm.block_size
             if computing and set(bm.pending_keys(seq, min(len(seq) - 1, next_block_end))) & computing:
                 break  # a sequence in this batch computes its next block: take it from the cache next step

@@ -55,6 +55,9 @@ class Sequence:
     fork_seeds: list[int] = field(default_factory=list)  # `n` samples: seeds of the forks at the first sample
     logprobs: list[dict[int, float] | None] | None = None  # per output token when asked for; None if spliced
     cumulative_logprob: float = 0.0
+    # per prompt token from prompt_logprobs_from on, as computed, when asked for (params.prompt_logprobs)
+    prompt_logprobs: list[dict[int, float]] | None = None
+    prompt_logprobs_from: int = 1
     status: SequenceStatus = SequenceStatus.WAITING
     num_cached_tokens: int = 0  # tokens whose KV is in the cache
     block_table: list[int] = field(default_factory=list)
@@ -82,6 +85,14 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def prompt_logit_span(self) -> tuple[int, int]:
+        """The positions [first, end) whose logits still owe a prompt logprob (position p's logits score
+        token p + 1); empty when none do."""
+        if self.prompt_logprobs is None:
+            return 0, 0
+        return self.prompt_logprobs_from - 1 + len(self.prompt_logprobs), self.num_prompt_tokens - 1
 
     @property
     def num_uncached_tokens(self) -> int:

@@ -19,14 +19,14 @@ def engine_logits(model_dir: str | Path, token_ids: list[int], block_size: int =
     num_blocks = -(-len(token_ids) // block_size) + 1
     runner = ModelRunner(model, cfg, num_blocks, block_size)
     blocks = BlockManager(num_blocks, block_size)
-    seq = Sequence(0, list(token_ids), len(token_ids), SamplingParams(), torch.Generator())
+    seq = Sequence(0, list(token_ids), len(token_ids), SamplingParams(), torch.Generator(), prompt_logprobs=[])
     rows = []
     step = chunk or len(token_ids)
     for start in range(0, len(token_ids), step):
         n = min(step, len(token_ids) - start)
         blocks.allocate(seq, start + n)
         with torch.inference_mode():
-            rows.append(runner.run(ScheduledBatch([seq], [n], is_prefill=True), all_positions=True))
+            rows.append(runner.run(ScheduledBatch([seq], [n], is_prefill=True)))  # every position: prompt logprobs
         seq.num_cached_tokens += n
     blocks.free(seq)
     return torch.cat(rows)
