@@ -36,7 +36,7 @@ whole continuation), `temperature`, `do_sample` (False: greedy; True without a t
 scale_func_name are not supported). Requests with the same context and gen_kwargs (lm_eval's
 `repeats`) run as one engine request with SamplingParams(n=k), sharing the prompt's KV.
 
-loglikelihood / loglikelihood_rolling use `LLM.score`. is_greedy is computed honestly: a continuation is
+loglikelihood / loglikelihood_rolling use `LLM.score`, 64 pairs a batch. is_greedy is computed honestly: a continuation is
 greedy iff greedy decoding from its context (ignore_eos, max_tokens = its length) reproduces its tokens,
 which costs one short greedy generation per request (batched); model_arg greedy_check=false skips it and
 reports False.
@@ -68,6 +68,7 @@ THINKING_KEYS = {"max_tokens_thinking", "min_tokens_thinking", "thinking_n_ignor
 SAMPLING_KEYS = {"until", "max_gen_toks", "temperature", "do_sample", "top_p", "top_k", "seed", "final_answer_str"}
 # engine.LLM's own keyword arguments, passed through from model_args
 ENGINE_ARGS = {"max_num_seqs", "block_size", "num_blocks", "max_num_batched_tokens", "enable_prefix_caching"}
+SCORE_BATCH = 64  # loglikelihood pairs scored together (one progress-bar step each)
 CLI_DEFAULT_DEVICE = "cuda:0"  # what lm_eval's CLI passes when --device is not given
 
 
@@ -279,10 +280,15 @@ class S1EngineLM(TemplateLM):
                 raise ValueError(f"a continuation of {len(continuation)} tokens leaves no context in "
                                  f"{self.max_length}")
             pairs.append((context[-(self.max_length - len(continuation)):], continuation))
-        order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])  # same contexts in a row: the prefix cache
+        order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])  # same contexts together: the prefix cache
         logprobs: list[float | None] = [None] * len(pairs)
-        for i in tqdm(order, desc="scoring", disable=disable_tqdm or None):
-            logprobs[i] = sum(self.llm.score(list(pairs[i][0]), list(pairs[i][1]))[0])
+        with tqdm(total=len(pairs), desc="scoring", disable=disable_tqdm or None) as bar:
+            for lo in range(0, len(order), SCORE_BATCH):  # each slice runs as one batch
+                batch = order[lo : lo + SCORE_BATCH]
+                scores = self.llm.score([list(pairs[i][0]) for i in batch], [list(pairs[i][1]) for i in batch])
+                for i, score in zip(batch, scores):
+                    logprobs[i] = sum(score)
+                bar.update(len(batch))
         check = self.greedy_check and not rolling
         greedy = self._is_greedy(pairs, disable_tqdm) if check else [False] * len(pairs)
         results = list(zip(logprobs, greedy))

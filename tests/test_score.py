@@ -29,5 +29,7 @@ def test_score_rejects_what_does_not_fit(make_model):
     llm = LLM(model=make_model("llama", max_position_embeddings=64), block_size=8)
     with pytest.raises(ValueError, match="the context holds 64"):
         llm.score([5] * 40, [6] * 30)
+    assert len(llm.score([5] * 34, [6] * 30)[0]) == 30  # prompt + continuation filling the context exactly
+    llm.core.block_manager.check_all_free()
     with pytest.raises(ValueError, match="1 prompts but 2 continuations"):
         llm.score([[5, 6]], [[7], [8]])
