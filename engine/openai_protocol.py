@@ -2,8 +2,10 @@
 
 Budget forcing rides on extra body fields: `thinking_budget` (an int: the thinking cap, an object of
 ThinkingBudget's fields, or a list of those: a sweep, one choice per setting, run as forks of one
-sequence) and `think_format`; also `top_k`, `stop_token_ids`, `ignore_eos`. A field the engine cannot
-honour (penalties, logit_bias, echo, tools) is an error unless it has its no-op value.
+sequence) and `think_format`; also `top_k`, `stop_token_ids`, `ignore_eos`. Completions take `echo`: the
+prompt comes first in each choice's text and, with `logprobs`, in its logprobs (the first prompt token's
+logprob is null), as lm-eval's loglikelihood requests read them. A field the engine cannot honour
+(penalties, logit_bias, tools) is an error unless it has its no-op value.
 """
 import time
 import uuid
@@ -21,7 +23,7 @@ COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat default
 COMMON_FIELDS = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
                  "top_k", "stop_token_ids", "ignore_eos", "thinking_budget", "think_format"}
 IGNORED_FIELDS = {"user", "store", "metadata", "service_tier"}  # bookkeeping that does not change the reply
-COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "logprobs"}
+COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "logprobs", "echo"}
 CHAT_FIELDS = COMMON_FIELDS | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"}
 NO_OP_VALUES = {"presence_penalty": (0,), "frequency_penalty": (0,), "logit_bias": (None, {}), "echo": (False, None),
                 "suffix": (None, ""), "best_of": (None, 1), "tools": (None, []), "tool_choice": (None, "none"),
@@ -47,6 +49,7 @@ class ApiRequest:
     stream: bool
     include_usage: bool
     max_tokens_given: bool  # a prompt that leaves less room is an error; a default cap just ends at the context
+    echo: bool = False  # completions: the prompt first in text and logprobs
     sweep: list[ThinkingBudget] | None = None  # a budget sweep: one choice per setting, from forked sequences
 
     @property
@@ -88,6 +91,7 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
         raise ApiError("stream_options needs stream=true", param="stream_options")
     if set(options) - {"include_usage"}:
         raise ApiError(f"stream_options takes include_usage only, got {sorted(options)}", param="stream_options")
+    echo = False if chat else _get(body, "echo", bool, False)
     try:
         budgets = _budgets(body)
         sweep = budgets if isinstance(body.get("thinking_budget"), list) else None
@@ -104,6 +108,7 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
             think_format=_get(body, "think_format", str, "s1"),
             n=_get(body, "n", int, 1),
             logprobs=_logprobs(body, chat),
+            prompt_logprobs=_logprobs(body, chat) if echo else None,
         )
     except (ValueError, TypeError) as e:
         raise ApiError(str(e), param=param_of(str(e))) from None
@@ -116,7 +121,7 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
         raise ApiError(f"{len(prompts)} prompts x {per_prompt} choices each is more than {MAX_CHOICES} in one request",
                        param="thinking_budget" if sweep else "n")
     include_usage = _get(options, "include_usage", bool, False)
-    return ApiRequest(chat, prompts, params, stream, include_usage, body.get(max_name) is not None, sweep)
+    return ApiRequest(chat, prompts, params, stream, include_usage, body.get(max_name) is not None, echo, sweep)
 
 
 def _get(body: dict, name: str, kind, default):
@@ -232,7 +237,7 @@ def usage(num_prompt_tokens: int, outputs: list[Output]) -> dict:
 
 
 def response(api: ApiRequest, head: dict, outputs: list[Output], bounds: list[tuple[int | None, int | None]],
-             num_prompt_tokens: int, token_text: Callable[[int], str]) -> dict:
+             num_prompt_tokens: int, token_text: Callable[[int], str], decode: Callable[[list[int]], str]) -> dict:
     """The whole (non-streamed) response; choice i is prompt i // n, sample i % n (in a sweep: prompt i // s,
     setting i % s); bounds[i] is the output's (thinking_end, answer_start) in tokens."""
     choices = []
@@ -244,6 +249,11 @@ def response(api: ApiRequest, head: dict, outputs: list[Output], bounds: list[tu
             choice["message"] = {"role": "assistant", "content": out.answer_text, **reasoning_fields(reasoning)}
             choice["logprobs"] = chat_logprobs(out.token_ids, out.logprobs, api.params.logprobs, token_text, 0,
                                                thinking_end, answer_start)
+        elif api.echo:
+            choice["text"] = decode(out.prompt_token_ids) + out.text
+            choice["logprobs"] = completion_logprobs(out.prompt_token_ids + out.token_ids,
+                                                     out.prompt_logprobs and out.prompt_logprobs + out.logprobs,
+                                                     api.params.logprobs, token_text)
         else:
             choice["text"] = out.text
             choice["logprobs"] = completion_logprobs(out.token_ids, out.logprobs, api.params.logprobs, token_text)

@@ -91,7 +91,7 @@ def make_output(seq: Sequence, tokenizer: Tokenizer, request_id: int, setting: i
         sample_index=seq.sample_index,
         logprobs=None if seq.logprobs is None else list(seq.logprobs),
         cumulative_logprob=None if seq.logprobs is None else seq.cumulative_logprob,
-        prompt_logprobs=None if seq.prompt_logprobs is None else [None] * seq.prompt_logprobs_from + seq.prompt_logprobs,
+        prompt_logprobs=seq.prompt_logprob_entries,
     )
 
 

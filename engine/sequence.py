@@ -95,6 +95,11 @@ class Sequence:
         return self.prompt_logprobs_from - 1 + len(self.prompt_logprobs), self.num_prompt_tokens - 1
 
     @property
+    def prompt_logprob_entries(self) -> list[dict[int, float] | None] | None:
+        """Per prompt token, its entry (None before prompt_logprobs_from, as for the first token)."""
+        return None if self.prompt_logprobs is None else [None] * self.prompt_logprobs_from + self.prompt_logprobs
+
+    @property
     def num_uncached_tokens(self) -> int:
         return len(self.token_ids) - self.num_cached_tokens
 

@@ -49,13 +49,26 @@ class ChoiceStream:
         self.num_tokens = self.num_token_chars = 0  # handed out so far (tokens; completions: their texts' length)
         self.answer_chars = 0  # answer-phase characters seen (delimiter region included)
         self.delimiter_chars: int | None = None
+        self.echoed = not api.echo
 
     def first(self) -> dict | None:
         return {"index": self.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                 "finish_reason": None} if self.api.chat else None
 
     def choices(self) -> list[dict]:
-        """Chunk choices for what the sequence added; one that would carry nothing is left out."""
+        """Chunk choices for what the sequence added (after the echoed prompt, once its logprobs are all
+        computed); one that would carry nothing is left out."""
+        first, end = self.seq.prompt_logit_span
+        if not self.echoed and (first >= end or self.seq.is_finished):
+            self.echoed = True
+            ids, tokenizer = self.seq.token_ids[: self.seq.num_prompt_tokens], self.llm.tokenizer
+            logprobs = self.seq.prompt_logprob_entries
+            echo = {"index": self.index, "text": tokenizer.decode(ids), "finish_reason": None,
+                    "logprobs": completion_logprobs(ids, logprobs, self.api.params.logprobs, tokenizer.decode_token)}
+            self.num_token_chars = sum(map(len, echo["logprobs"]["tokens"])) if logprobs is not None else 0
+            return [echo] + self.choices()
+        if not self.echoed:
+            return []
         choices = [self._choice(d) for d in self.stream.deltas()]
         return [c for c in choices if c.get("delta", c.get("text")) or c["logprobs"] or c["finish_reason"]]
 
@@ -135,7 +148,7 @@ class Job:
             self.events.put(("error", ApiError(error)))
         elif not self.api.stream:
             self.events.put(("response", response(self.api, self.head, outputs, bounds, num_prompt_tokens,
-                                                  llm.tokenizer.decode_token)))
+                                                  llm.tokenizer.decode_token, llm.tokenizer.decode)))
         else:
             if self.api.include_usage:
                 self.events.put(("chunk", chunk(self.api, self.head, [], usage(num_prompt_tokens, outputs))))

@@ -468,3 +468,82 @@ def test_lm_eval_local_completions_runs_a_budget_forced_task_through_the_server(
         prompt = sample["arguments"][0][0]
         assert sample["resps"] == [[s1_llm.generate(prompt, params, use_tqdm=False)[0].text]]
         assert "Final Answer:" in sample["resps"][0][0] or "<|im_start|>answer" in sample["resps"][0][0]
+
+
+def test_echo_puts_the_prompt_and_its_logprobs_first_streamed_or_not(server, s1_llm):
+    prompt = [5, 6, 7, 8, 9]
+    body = {"prompt": prompt, "temperature": 0, "max_tokens": 6, "logprobs": 2, "echo": True}
+    status, whole = post(server, "/v1/completions", body)
+    assert status == 200
+    out = s1_llm.generate(prompt, SamplingParams(max_tokens=6, logprobs=2, prompt_logprobs=2), use_tqdm=False)[0]
+    choice, prompt_text = whole["choices"][0], s1_llm.tokenizer.decode(prompt)
+    assert choice["text"] == prompt_text + out.text
+    lp = choice["logprobs"]
+    entries = out.prompt_logprobs + out.logprobs
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert lp["token_logprobs"][1:] == pytest.approx([e[t] for t, e in zip(prompt[1:] + out.token_ids, entries[1:])], abs=1e-4)
+    assert all(len(top) <= 2 and max(top.values()) >= value - 1e-6
+               for top, value in zip(lp["top_logprobs"][1:], lp["token_logprobs"][1:]))
+    assert len(lp["tokens"]) == len(prompt) + len(out.token_ids) and lp["text_offset"][0] == 0
+    status, chunks = post(server, "/v1/completions", body | {"stream": True})
+    parts = [c["choices"][0] for c in chunks]
+    assert parts[0]["text"] == prompt_text and len(parts[0]["logprobs"]["tokens"]) == len(prompt)
+    assert "".join(p["text"] for p in parts) == choice["text"]
+    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert same_numbers([x for p in parts if p["logprobs"] for x in p["logprobs"][key]], lp[key])
+    status, plain = post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 3, "echo": True, "temperature": 0})
+    assert plain["choices"][0]["text"].startswith(prompt_text) and plain["choices"][0]["logprobs"] is None
+    status, answer = post(server, "/v1/chat/completions", {"messages": MESSAGES, "echo": True})
+    assert status == 400 and answer["error"]["param"] == "echo"
+    assert idle(server)["num_used_blocks"] == 0
+
+
+LM_EVAL_MC_TASK = """task: serve_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+target_delimiter: ""
+metric_list:
+  - metric: acc
+"""
+
+
+def test_lm_eval_local_completions_scores_a_multiple_choice_task_through_the_server(server, s1_llm, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import lm_eval.models  # noqa: F401  registers local-completions
+    from lm_eval import simple_evaluate
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+    from lm_eval.tasks import TaskManager
+
+    lm = LocalCompletionsAPI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1/completions",
+                             model=server.model_name, tokenizer_backend="huggingface", tokenizer=str(s1_llm.model_dir),
+                             num_concurrent=1, max_retries=1, batch_size=4)
+    context = "Question: Pick the next word.\nAnswer:"
+    ctx_ids = lm.tok_encode(context)
+    greedy_ids = s1_llm.generate(ctx_ids, SamplingParams(max_tokens=2, ignore_eos=True), use_tqdm=False)[0].token_ids
+    greedy = s1_llm.tokenizer.decode(greedy_ids)
+    docs = [{"question": "Pick the next word.", "choices": [" cat", greedy, " dog"], "label": 1},
+            {"question": "What is 2 + 3?", "choices": [" 4", " 5", " six"], "label": 1}]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "serve_mc.yaml").write_text(LM_EVAL_MC_TASK.format(data=data))
+    results = simple_evaluate(model=lm, tasks=["serve_mc"], log_samples=True, bootstrap_iters=0,
+                              task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
+    seen_greedy = []
+    for sample in results["samples"]["serve_mc"]:
+        for (ctx, cont), ((logprob, is_greedy),) in zip(sample["arguments"], sample["resps"]):
+            ctx_ids, cont_ids = lm._encode_pair(ctx, cont)
+            assert logprob == pytest.approx(sum(s1_llm.score(ctx_ids, cont_ids)[0]), abs=1e-4)
+            greedy_out = s1_llm.generate(ctx_ids, SamplingParams(max_tokens=len(cont_ids), ignore_eos=True),
+                                         use_tqdm=False)[0]
+            assert is_greedy == (greedy_out.token_ids == cont_ids)
+            seen_greedy.append(is_greedy)
+    assert seen_greedy.count(True) == 1  # the greedy choice, and only it
+    assert idle(server)["num_used_blocks"] == 0
