@@ -11,13 +11,12 @@ the offline run, and mean request latency. The prefix cache is reset before each
 import argparse
 import http.client
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.workloads import text_prompts
 from engine import LLM, SamplingParams
-from engine.serve import OpenAIServer
+from engine.serve import OpenAIServer, in_background
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,16 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     outputs = llm.generate(prompts, params, use_tqdm=False)
     offline = sum(len(o.token_ids) for o in outputs) / (time.perf_counter() - start)
     rows = [("offline LLM.generate", offline, 1.0, None)]
-    server = OpenAIServer(llm, port=0, quiet=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with in_background(OpenAIServer(llm, port=0, quiet=True)) as server:
         for concurrency in args.concurrency:
             server.loop.call(LLM.reset_prefix_cache)  # on the engine thread, which owns the LLM now
             seconds, tokens, latency = serve_run(server.server_address[1], prompts, args.max_tokens, concurrency)
             rows.append((f"server, {concurrency} clients", tokens / seconds, tokens / seconds / offline, latency))
-    finally:
-        server.shutdown()
-        server.server_close()
     print(f"{args.requests} requests x ({args.prompt_tokens} prompt + {args.max_tokens} output tokens), "
           f"model {llm.model_dir.name}, {llm.dtype}, {llm.device}")
     print("| run | output tok/s | vs offline | mean latency (s) |\n|---|---|---|---|")

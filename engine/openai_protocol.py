@@ -124,6 +124,33 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
     return ApiRequest(chat, prompts, params, stream, include_usage, body.get(max_name) is not None, echo, sweep)
 
 
+def parse_tokenize(body) -> tuple[str | list[dict], bool]:
+    """/tokenize (vLLM's): a `prompt` string (`add_special_tokens`, default true) or chat `messages` (the
+    template with the generation prompt); returns (prompt or messages, add_special_tokens)."""
+    if not isinstance(body, dict):
+        raise ApiError("the request body must be a JSON object")
+    unknown = sorted(set(body) - {"model", "prompt", "messages", "add_special_tokens", "add_generation_prompt"})
+    if unknown:
+        raise ApiError(f"unknown field {unknown[0]!r}; /tokenize takes prompt or messages, add_special_tokens",
+                       param=unknown[0])
+    if ("prompt" in body) == ("messages" in body):
+        raise ApiError("/tokenize takes either prompt (a string) or messages", param="prompt")
+    if _get(body, "add_generation_prompt", bool, True) is not True:
+        raise ApiError("add_generation_prompt=false is not supported", param="add_generation_prompt")
+    if "messages" in body:
+        return _conversations(body)[0], False
+    return _get(body, "prompt", str, ""), _get(body, "add_special_tokens", bool, True)
+
+
+def parse_detokenize(body, vocab_size: int) -> list[int]:
+    if not isinstance(body, dict) or set(body) - {"model", "tokens"}:
+        raise ApiError("/detokenize takes {tokens: [ids]}", param="tokens")
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list) or not all(_is_id(t) and 0 <= t < vocab_size for t in tokens):
+        raise ApiError(f"tokens must be a list of token ids in [0, {vocab_size})", param="tokens")
+    return tokens
+
+
 def _get(body: dict, name: str, kind, default):
     value = body.get(name)
     if value is None:

@@ -1,6 +1,9 @@
 """OpenAI-compatible HTTP server: python -m engine.serve [--model DIR] [--host H] [--port P].
 
-Endpoints: POST /v1/completions, POST /v1/chat/completions (both may stream), GET /v1/models, GET /health.
+Endpoints: POST /v1/completions, POST /v1/chat/completions (both may stream), GET /v1/models, GET /health;
+vLLM's POST /tokenize, POST /detokenize and GET /tokenizer_info (lm-eval's remote tokenizer uses them);
+GET /metrics (Prometheus text). With --api-key (or S1_API_KEY) every route but /health and /metrics
+needs `Authorization: Bearer KEY`.
 One engine thread owns the LLM and steps it, so requests arriving at any time join the running batch;
 each HTTP request runs on its own thread, hands its work over through a queue and waits for (or streams)
 what comes back. All tokenizer work runs on the engine thread. A client that hangs up before its reply
@@ -8,7 +11,10 @@ is done (streamed or not) has its request aborted, which frees its KV blocks. Bu
 `engine.openai_protocol`.
 """
 import argparse
+import contextlib
+import hmac
 import json
+import os
 import queue
 import select
 import signal
@@ -27,15 +33,21 @@ from jinja2 import TemplateError
 from engine.engine_args import add_engine_args, llm_from_args
 from engine.llm import LLM
 from engine.openai_protocol import (ApiError, ApiRequest, chat_logprobs, chunk, completion_logprobs, header,
-                                    param_of, parse_request, reasoning_fields, response, usage)
+                                    param_of, parse_detokenize, parse_request, parse_tokenize, reasoning_fields,
+                                    response, usage)
+from engine.sampling import SamplingParams
 from engine.outputs import OutputStream, StreamDelta, phase_chars
 from engine.request import Request
 from engine.sequence import Sequence
+from engine.tokenizer import CHATML_TEMPLATE
 
 MAX_BODY_BYTES = 32 << 20
 CLIENT_POLL_SECONDS = 0.5  # how often a waiting handler checks that its client is still there
+HANDLER_JOIN_SECONDS = 10  # at close, how long a handler may take to finish writing its last reply
 ROUTES = {"/v1/completions": False, "/v1/chat/completions": True}  # POST path -> chat
-GET_ROUTES = ("/health", "/v1/models")
+TOKENIZER_ROUTES = ("/tokenize", "/detokenize")  # POST, answered between engine steps
+GET_ROUTES = ("/health", "/v1/models", "/tokenizer_info", "/metrics")
+OPEN_ROUTES = ("/health", "/metrics")  # answered without the API key (probes and scrapers)
 
 
 class ChoiceStream:
@@ -112,6 +124,7 @@ class Job:
         self.events: queue.Queue = queue.Queue()
         self.requests: list[Request] = []
         self.streams: dict[int, ChoiceStream] = {}
+        self.usage: dict | None = None  # set when it has finished
 
     def start(self, llm: LLM) -> bool:
         api = self.api
@@ -143,6 +156,7 @@ class Job:
         outputs = [o for r in self.requests for o in llm.outputs(r)]
         bounds = [bound for r in self.requests for bound in _bounds(r)]
         num_prompt_tokens = sum(len(r.prompt_token_ids) for r in self.requests)
+        self.usage = usage(num_prompt_tokens, outputs)
         error = next((o.error for o in outputs if o.finish_reason == "error"), None)
         if error is not None:
             self.events.put(("error", ApiError(error)))
@@ -151,7 +165,7 @@ class Job:
                                                   llm.tokenizer.decode_token, llm.tokenizer.decode)))
         else:
             if self.api.include_usage:
-                self.events.put(("chunk", chunk(self.api, self.head, [], usage(num_prompt_tokens, outputs))))
+                self.events.put(("chunk", chunk(self.api, self.head, [], self.usage)))
             self.events.put(("done", None))
         return True
 
@@ -202,6 +216,7 @@ class EngineLoop:
         self.llm = llm
         self.inbox: queue.Queue = queue.Queue()
         self.jobs: list[Job] = []
+        self.totals = {"prompt_tokens": 0, "generation_tokens": 0}  # of finished requests
         self.thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self.thread.start()
 
@@ -277,30 +292,102 @@ class EngineLoop:
             try:
                 if not job.pump(self.llm):
                     running.append(job)
+                elif job.usage is not None:
+                    self.totals["prompt_tokens"] += job.usage["prompt_tokens"]
+                    self.totals["generation_tokens"] += job.usage["completion_tokens"]
             except Exception as e:
                 job.fail(self.llm, engine_error(e))
         self.jobs = running
+
+    def metrics(self) -> str:
+        """Prometheus text exposition of the engine's state and counters (run on the engine thread)."""
+        llm, stats = self.llm, self.llm.stats()
+        scheduler, blocks = llm.core.scheduler, llm.core.block_manager
+        rows = [
+            ("sequences_running", "gauge", "sequences decoding or mid-prefill", len(scheduler.running)),
+            ("sequences_waiting", "gauge", "sequences queued for prefill", len(scheduler.waiting)),
+            ("kv_blocks_used", "gauge", "KV blocks held by sequences", stats["num_used_blocks"]),
+            ("kv_blocks_cached", "gauge", "free KV blocks that still hold a cached prefix", stats["num_cached_blocks"]),
+            ("kv_blocks_total", "gauge", "KV blocks in the pool", blocks.num_blocks),
+            ("prompt_tokens_total", "counter", "prompt tokens of finished requests", self.totals["prompt_tokens"]),
+            ("generation_tokens_total", "counter", "output tokens of finished requests", self.totals["generation_tokens"]),
+            ("computed_tokens_total", "counter", "tokens forwarded through the model", stats["num_computed_tokens"]),
+            ("cached_prompt_tokens_total", "counter", "prompt tokens taken from the prefix cache",
+             stats["num_cached_prompt_tokens"]),
+            ("preemptions_total", "counter", "sequences preempted for KV room", stats["num_preemptions"]),
+        ]
+        return "".join(f"# HELP s1engine_{name} {text}\n# TYPE s1engine_{name} {kind}\ns1engine_{name} {value}\n"
+                       for name, kind, text, value in rows)
 
 
 class OpenAIServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, llm: LLM, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
-                 quiet: bool = False):
+                 quiet: bool = False, api_key: str | None = None):
         self.loop: EngineLoop | None = None  # a failed bind calls server_close before there is one
         super().__init__((host, port), Handler)
-        self.llm, self.quiet, self.created = llm, quiet, int(time.time())
+        self.llm, self.quiet, self.created, self.api_key = llm, quiet, int(time.time()), api_key
+        self.http_counts: dict[tuple[str, int], int] = {}  # (route, status) -> responses
+        self.counts_lock = threading.Lock()
+        self.handlers: set[Handler] = set()  # one per connection whose thread may still run
+        self.handlers_lock = threading.Lock()
         self.model_name = model_name or llm.model_dir.name
         self.loop = EngineLoop(llm)
 
     def server_close(self) -> None:
+        """Stop listening, stop the engine thread (running requests get a 503), then end every connection's
+        handler: one idle on a kept-alive connection would otherwise hold the server (and its model) past
+        the close, and free its tensors while the interpreter shuts down, which aborts the process."""
         super().server_close()
         if self.loop is not None and self.loop.thread.is_alive():
             self.loop.stop()
+        with self.handlers_lock:
+            handlers = list(self.handlers)
+        for handler in handlers:
+            try:
+                handler.connection.shutdown(socket.SHUT_RD)  # a handler waiting for a request reads the end
+            except OSError:
+                pass
+        for handler in handlers:  # to its thread's very end, which drops the thread's hold on the server
+            handler.thread.join(timeout=HANDLER_JOIN_SECONDS)
+
+    def track(self, handler: "Handler") -> None:
+        """Keep a connection's handler until its thread has ended (reaping those that have)."""
+        with self.handlers_lock:
+            self.handlers = {h for h in self.handlers if h.thread.is_alive()}
+            self.handlers.add(handler)
+
+    def count(self, path: str, status: int) -> None:
+        route = path if path in ROUTES or path in TOKENIZER_ROUTES or path in GET_ROUTES else "other"
+        with self.counts_lock:
+            self.http_counts[route, status] = self.http_counts.get((route, status), 0) + 1
+
+    def http_metrics(self) -> str:
+        with self.counts_lock:
+            counts = sorted(self.http_counts.items())
+        lines = ["# HELP s1engine_http_requests_total HTTP responses by route and status",
+                 "# TYPE s1engine_http_requests_total counter"]
+        lines += [f's1engine_http_requests_total{{route="{route}",status="{status}"}} {n}' for (route, status), n in counts]
+        return "\n".join(lines) + "\n"
 
     def handle_error(self, request, client_address) -> None:
         if not isinstance(sys.exc_info()[1], OSError):  # a client that left is not worth a traceback
             super().handle_error(request, client_address)
+
+
+@contextlib.contextmanager
+def in_background(server: OpenAIServer):
+    """Serve on a thread for the with-block (an app embedding the server, tests); then stop it (running
+    requests get a 503) and wait for the thread, so nothing of it outlives the block."""
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -308,8 +395,15 @@ class Handler(BaseHTTPRequestHandler):
     timeout = 300  # seconds a socket read or write may block: a client that stalls mid-body or stops reading
     server: OpenAIServer
 
+    def setup(self) -> None:
+        super().setup()
+        self.thread = threading.current_thread()
+        self.server.track(self)
+
     def do_GET(self) -> None:
-        if self.path in ROUTES:
+        if not self._authorized():
+            return
+        if self.path in ROUTES or self.path in TOKENIZER_ROUTES:
             self._send_error(ApiError(f"{self.path} takes POST", 405), {"Allow": "POST"})
         elif self.path == "/health":
             alive = self.server.loop.thread.is_alive()
@@ -318,15 +412,34 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"object": "list", "data": [{
                 "id": self.server.model_name, "object": "model", "created": self.server.created,
                 "owned_by": "s1engine", "max_model_len": self.server.llm.max_model_len}]})
+        elif self.path == "/tokenizer_info":
+            self._engine_reply(tokenizer_info)
+        elif self.path == "/metrics":
+            self._engine_reply(lambda llm: self.server.loop.metrics() + self.server.http_metrics())
         else:
             self._send_error(ApiError(f"no route GET {self.path}", 404, kind="not_found_error"))
 
     def do_POST(self) -> None:
+        if not self._authorized():
+            return
         if self.path in GET_ROUTES:
             self._send_error(ApiError(f"{self.path} takes GET", 405), {"Allow": "GET"})
             return
+        if self.path in TOKENIZER_ROUTES:
+            try:
+                body = self._read_json()
+                if self.path == "/tokenize":
+                    prompt, special = parse_tokenize(body)
+                    self._engine_reply(lambda llm: tokenize(llm, prompt, special))
+                else:
+                    tokens = parse_detokenize(body, self.server.llm.config.vocab_size)
+                    self._engine_reply(lambda llm: {"prompt": llm.tokenizer.decode(tokens)})
+            except ApiError as e:
+                self._send_error(e)
+            return
         if self.path not in ROUTES:
-            self._send_error(ApiError(f"no route POST {self.path}; try {', '.join(ROUTES)}", 404, kind="not_found_error"))
+            routes = ", ".join([*ROUTES, *TOKENIZER_ROUTES])
+            self._send_error(ApiError(f"no route POST {self.path}; try {routes}", 404, kind="not_found_error"))
             return
         try:
             api = parse_request(self._read_json(), ROUTES[self.path], self.server.model_name,
@@ -347,6 +460,35 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_error(payload)
             elif kind == "response":
                 self._send_json(200, payload)
+
+    def _authorized(self) -> bool:
+        """With an API key set, a request outside OPEN_ROUTES must carry it as a bearer token (else a 401)."""
+        key = self.server.api_key
+        if key is None or self.path in OPEN_ROUTES:
+            return True
+        given = self.headers.get("Authorization", "")
+        if given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), key.encode()):
+            return True
+        if self.headers.get("Content-Length", "0") != "0":
+            self.close_connection = True  # the body is left unread
+        self._send_error(ApiError("a valid API key is needed: send the header 'Authorization: Bearer KEY'", 401,
+                                  kind="authentication_error"), {"WWW-Authenticate": "Bearer"})
+        return False
+
+    def _engine_reply(self, fn: Callable[[LLM], object]) -> None:
+        """Answer with fn(llm) run on the engine thread: a dict as JSON, a str as Prometheus text."""
+        try:
+            body = self.server.loop.call(fn)
+        except RuntimeError as e:  # the engine thread has stopped, or is stopping
+            self._send_error(ApiError(str(e), 503, kind="server_error"))
+            return
+        except Exception as e:
+            self._send_error(engine_error(e))
+            return
+        if isinstance(body, dict):
+            self._send_json(200, body)
+        else:
+            self._send_body(200, body.encode(), "text/plain; version=0.0.4")
 
     def _next_event(self, job: Job) -> tuple[str, object]:
         """The job's next event; ("left", None) once the client has hung up, its job then aborted."""
@@ -387,6 +529,7 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(f"the body is not valid JSON: {e}") from None
 
     def _stream(self, job: Job) -> None:
+        self.server.count(self.path, 200)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -415,9 +558,12 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _send_json(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
+        self._send_body(status, json.dumps(body).encode(), "application/json", headers)
+
+    def _send_body(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.server.count(self.path, status)
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
@@ -432,18 +578,39 @@ class Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+def tokenizer_info(llm: LLM) -> dict:
+    """vLLM's /tokenizer_info fields that clients read (lm-eval's RemoteTokenizer among them)."""
+    hf = llm.tokenizer.hf
+    return {"tokenizer_class": type(hf).__name__, "eos_token": hf.eos_token, "bos_token": hf.bos_token,
+            "pad_token": hf.pad_token, "chat_template": hf.chat_template or CHATML_TEMPLATE,
+            "model_max_length": llm.max_model_len}
+
+
+def tokenize(llm: LLM, prompt: str | list[dict], add_special_tokens: bool) -> dict:
+    if isinstance(prompt, str):
+        tokens = llm.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+    else:
+        tokens = llm.chat_prompt(prompt, SamplingParams())
+    return {"count": len(tokens), "max_model_len": llm.max_model_len, "tokens": tokens}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="default 8000 (0: any free port)")
     p.add_argument("--served-model-name", default=None, help="the `model` clients name (default: the model dir's name)")
     p.add_argument("--quiet", action="store_true", help="no access log")
+    p.add_argument("--api-key", default=os.environ.get("S1_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health and /metrics "
+                        "(default: $S1_API_KEY; unset: no key)")
     add_engine_args(p)
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be in 0..65535, got {args.port}")
     if args.served_model_name is not None and not args.served_model_name.strip():
         p.error("--served-model-name must not be empty")
+    if args.api_key is not None and not args.api_key.strip():
+        p.error("--api-key must not be empty")
     return args
 
 
@@ -463,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         llm = llm_from_args(args)
-        server = OpenAIServer(llm, args.host, args.port, args.served_model_name, args.quiet)
+        server = OpenAIServer(llm, args.host, args.port, args.served_model_name, args.quiet, args.api_key)
     except (ValueError, TypeError, OSError) as e:  # bad model dir, bad engine flag, port taken meanwhile
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ import pytest
 from benchmarks import serve_load
 from engine import LLM, SamplingParams, ThinkingBudget
 from engine.openai_protocol import parse_request
-from engine.serve import Job, OpenAIServer, main
+from engine.serve import Job, OpenAIServer, in_background, main
 
 BUDGET = {"max_tokens": 10, "num_ignore": 1, "final_answer_str": "Final Answer:"}
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How many r in raspberry?"}]
@@ -28,12 +28,8 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 @pytest.fixture(scope="module")
 def server(make_model):
     llm = LLM(model=make_model("llama", seed=11, end_token=1, hf_init=True), block_size=8)
-    srv = OpenAIServer(llm, port=0, quiet=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with in_background(OpenAIServer(llm, port=0, quiet=True)) as srv:
+        yield srv
 
 
 def request(srv, method: str, path: str, body=None, raw: bytes | None = None):
@@ -370,10 +366,8 @@ def test_a_request_whose_own_work_fails_fails_alone(server, monkeypatch):
 
 
 def test_a_stopped_engine_thread_is_reported_not_waited_on(make_model):
-    srv = OpenAIServer(LLM(model=make_model("llama", seed=11, end_token=1, hf_init=True), block_size=8), port=0,
-                       quiet=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    llm = LLM(model=make_model("llama", seed=11, end_token=1, hf_init=True), block_size=8)
+    with in_background(OpenAIServer(llm, port=0, quiet=True)) as srv:
         assert request(srv, "GET", "/health")[0] == 200
         running, gate = threading.Event(), threading.Event()
         srv.loop.inbox.put(("call", (lambda llm: running.set() or gate.wait(), queue.Queue())))
@@ -389,9 +383,6 @@ def test_a_stopped_engine_thread_is_reported_not_waited_on(make_model):
         assert request(srv, "GET", "/health")[0] == 503
         status, body = post(srv, "/v1/completions", {"prompt": "hi", "max_tokens": 3})
         assert status == 503 and "engine thread has stopped" in body["error"]["message"]
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_a_route_named_with_the_wrong_method_answers_405(server):
@@ -523,8 +514,8 @@ def test_lm_eval_local_completions_scores_a_multiple_choice_task_through_the_ser
     from lm_eval.tasks import TaskManager
 
     lm = LocalCompletionsAPI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1/completions",
-                             model=server.model_name, tokenizer_backend="huggingface", tokenizer=str(s1_llm.model_dir),
-                             num_concurrent=1, max_retries=1, batch_size=4)
+                             model=server.model_name, num_concurrent=1, max_retries=1, batch_size=4)
+    assert type(lm.tokenizer).__name__ == "RemoteTokenizer"  # found /tokenizer_info and /tokenize: no tokenizer to name
     context = "Question: Pick the next word.\nAnswer:"
     ctx_ids = lm.tok_encode(context)
     greedy_ids = s1_llm.generate(ctx_ids, SamplingParams(max_tokens=2, ignore_eos=True), use_tqdm=False)[0].token_ids
@@ -547,3 +538,86 @@ def test_lm_eval_local_completions_scores_a_multiple_choice_task_through_the_ser
             seen_greedy.append(is_greedy)
     assert seen_greedy.count(True) == 1  # the greedy choice, and only it
     assert idle(server)["num_used_blocks"] == 0
+
+
+def test_tokenize_detokenize_and_tokenizer_info_are_the_engines(server, s1_llm):
+    tok = s1_llm.tokenizer
+    status, body = post(server, "/tokenize", {"prompt": "How many r in raspberry?"})
+    assert status == 200 and body["tokens"] == tok.encode("How many r in raspberry?") and body["count"] == len(body["tokens"])
+    assert body["max_model_len"] == s1_llm.max_model_len
+    status, body = post(server, "/tokenize", {"prompt": "Hi there", "add_special_tokens": False})
+    assert body["tokens"] == tok.encode_piece("Hi there")
+    status, body = post(server, "/tokenize", {"messages": MESSAGES})
+    assert body["tokens"] == s1_llm.chat_prompt(MESSAGES, SamplingParams())
+    status, body = post(server, "/detokenize", {"tokens": body["tokens"]})
+    assert status == 200 and body["prompt"] == tok.decode(s1_llm.chat_prompt(MESSAGES, SamplingParams()))
+    status, info = request(server, "GET", "/tokenizer_info")
+    assert status == 200 and info["eos_token"] == tok.hf.eos_token and info["chat_template"]
+    assert info["model_max_length"] == s1_llm.max_model_len
+    for path, bad, param in [("/tokenize", {"prompt": "x", "messages": MESSAGES}, "prompt"),
+                             ("/tokenize", {"text": "x"}, "text"),
+                             ("/detokenize", {"tokens": [10**9]}, "tokens"),
+                             ("/detokenize", {"tokens": "abc"}, "tokens")]:
+        status, answer = post(server, path, bad)
+        assert status == 400 and answer["error"]["param"] == param
+    assert request(server, "GET", "/tokenize")[0] == 405 and post(server, "/tokenizer_info", {})[0] == 405
+
+
+def test_metrics_count_tokens_requests_and_blocks(server):
+    def metrics() -> dict[str, float]:
+        conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+        conn.request("GET", "/metrics")
+        r = conn.getresponse()
+        assert r.status == 200 and r.getheader("Content-Type").startswith("text/plain")
+        text = r.read().decode()
+        conn.close()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if not line.startswith("#")}
+
+    before = metrics()
+    status, body = post(server, "/v1/completions", {"prompt": [5, 6, 7], "max_tokens": 4, "n": 2, "temperature": 0})
+    idle(server)
+    after = metrics()
+    assert after["s1engine_prompt_tokens_total"] - before["s1engine_prompt_tokens_total"] == body["usage"]["prompt_tokens"]
+    assert (after["s1engine_generation_tokens_total"] - before["s1engine_generation_tokens_total"]
+            == body["usage"]["completion_tokens"] == 8)
+    assert after["s1engine_computed_tokens_total"] > before["s1engine_computed_tokens_total"]
+    assert after["s1engine_kv_blocks_used"] == 0 and after["s1engine_kv_blocks_total"] == server.llm.core.block_manager.num_blocks
+    assert after["s1engine_sequences_running"] == after["s1engine_sequences_waiting"] == 0
+    key = 's1engine_http_requests_total{route="/v1/completions",status="200"}'
+    assert after[key] == before.get(key, 0) + 1
+
+
+def test_an_api_key_guards_every_route_but_health_and_metrics(make_model, monkeypatch):
+    from openai import AuthenticationError, OpenAI
+
+    llm = LLM(model=make_model("llama", seed=11, end_token=1, hf_init=True), block_size=8)
+    with in_background(OpenAIServer(llm, port=0, quiet=True, api_key="sekrit")) as srv:
+        status, answer = post(srv, "/v1/completions", {"prompt": "hi", "max_tokens": 2})
+        assert status == 401 and "Authorization: Bearer KEY" in answer["error"]["message"]
+        assert request(srv, "GET", "/v1/models")[0] == 401 and post(srv, "/tokenize", {"prompt": "x"})[0] == 401
+        assert request(srv, "GET", "/health")[0] == 200
+        base = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=base, api_key="wrong", max_retries=0).completions.create(model=srv.model_name, prompt="hi",
+                                                                                     max_tokens=2)
+        reply = OpenAI(base_url=base, api_key="sekrit", max_retries=0).completions.create(
+            model=srv.model_name, prompt="hi", max_tokens=2, temperature=0)
+        assert reply.choices[0].text == llm.generate("hi", SamplingParams(max_tokens=2), use_tqdm=False)[0].text
+    monkeypatch.setenv("S1_API_KEY", "from-env")
+    from engine.serve import parse_args
+
+    assert parse_args([]).api_key == "from-env" and parse_args(["--api-key", "flag"]).api_key == "flag"
+    monkeypatch.setenv("S1_API_KEY", "")
+    assert parse_args([]).api_key is None
+
+
+def test_closing_ends_the_handlers_of_kept_alive_connections(make_model):
+    llm = LLM(model=make_model("llama", seed=11, end_token=1, hf_init=True), block_size=8)
+    with in_background(OpenAIServer(llm, port=0, quiet=True)) as srv:
+        conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=60)
+        conn.request("GET", "/health")
+        assert conn.getresponse().read() and len(srv.handlers) == 1  # kept alive: its handler waits for more
+        (handler,) = srv.handlers
+        start = time.perf_counter()
+    assert time.perf_counter() - start < 5 and not handler.thread.is_alive()
+    conn.close()
