@@ -17,6 +17,9 @@ class ScheduledBatch:
     logit_rows: list[list[int]] = field(init=False)
 
     def __post_init__(self):
+        if not self.is_prefill:  # decode: every sequence samples, and none owes prompt logprobs any more
+            self.logit_rows = [[n - 1] for n in self.num_tokens]
+            return
         self.logit_rows = []
         for seq, n in zip(self.seqs, self.num_tokens):
             start = seq.num_cached_tokens
