@@ -225,7 +225,7 @@ class LLM:
             except (ValueError, TypeError) as e:
                 if single:
                     raise
-                requests.append([_error_output(prompt, str(e))] * getattr(sp, "n", 1))
+                requests.append([_error_output(prompt, str(e), i) for i in range(getattr(sp, "n", 1))])
         return self._run(requests, use_tqdm)
 
     def _run(self, requests: list, use_tqdm: bool) -> list[Output]:
@@ -387,10 +387,10 @@ def _describe(value) -> str:
     return type(value).__name__
 
 
-def _error_output(prompt: Prompt, message: str) -> Output:
+def _error_output(prompt: Prompt, message: str, sample_index: int) -> Output:
     return Output(
         request_id=-1,
-        prompt_token_ids=prompt if isinstance(prompt, list) else [],
+        prompt_token_ids=list(prompt) if isinstance(prompt, list) else [],
         token_ids=[],
         text="",
         thinking_text="",
@@ -400,4 +400,5 @@ def _error_output(prompt: Prompt, message: str) -> Output:
         num_ignores_used=0,
         finish_reason="error",
         error=message,
+        sample_index=sample_index,
     )

@@ -122,6 +122,9 @@ def test_one_bad_request_does_not_stop_the_batch(llm):
     assert [o.finish_reason for o in outs] == ["length", "error", "error", "length"]
     assert "empty" in outs[1].error and "context holds 64" in outs[2].error
     assert len(outs[0].token_ids) == 6 and len(outs[3].token_ids) == 6
+    outs = llm.generate([[5, 6, 7], ""], SamplingParams(max_tokens=2, n=2), use_tqdm=False)
+    assert [(o.finish_reason, o.sample_index) for o in outs] == [("length", 0), ("length", 1), ("error", 0), ("error", 1)]
+    assert outs[2] is not outs[3]  # one Output per sample, not one object repeated
     llm.core.block_manager.check_all_free()
 
 
