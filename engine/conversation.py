@@ -16,8 +16,25 @@ def chat_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_gene
                                          add_generation_prompt=add_generation_prompt)
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages) -> None:
+    """A conversation is a non-empty list of {"role": system|user|assistant, "content": str} dicts."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"a conversation is a non-empty list of {{role, content}} messages, got {messages!r:.80}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise TypeError(f"messages[{i}] must be a dict with role and content, got {type(m).__name__}")
+        if m.get("role") not in ROLES:
+            raise ValueError(f"messages[{i}] has role {m.get('role')!r}; it must be one of {', '.join(ROLES)}")
+        if not isinstance(m.get("content"), str):
+            raise TypeError(f"messages[{i}].content must be a string, got {type(m.get('content')).__name__}")
+
+
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], think_format: ThinkFormat | None) -> list[int]:
     """The conversation with the generation prompt, opening thinking when a think format is given."""
+    check_messages(messages)
     text = chat_text(tokenizer, messages, add_generation_prompt=True)
     if think_format is not None:
         text += think_format.think_start

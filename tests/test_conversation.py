@@ -67,3 +67,14 @@ def test_a_template_that_rewrites_the_answer_is_refused(tokenizer):
     tokenizer.chat_template = tokenizer.chat_template.replace("message['content']", "message['content'] | upper")
     with pytest.raises(ValueError, match="does not render assistant turn 2 verbatim"):
         conversation_ids(tokenizer, messages, None)
+
+
+@pytest.mark.parametrize("messages, error, message", [
+    ([{"role": "user"}], TypeError, r"messages\[0\].content must be a string, got NoneType"),
+    ([{"role": "bogus", "content": "x"}], ValueError, "has role 'bogus'; it must be one of system, user, assistant"),
+    ([], ValueError, "a conversation is a non-empty list"),
+    (["hi"], TypeError, r"messages\[0\] must be a dict"),
+])
+def test_bad_messages_are_named(tokenizer, messages, error, message):
+    with pytest.raises(error, match=message):
+        prompt_ids(tokenizer, messages, None)
