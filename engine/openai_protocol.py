@@ -100,7 +100,7 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
             top_p=float(_get(body, "top_p", (int, float), 1.0)),
             top_k=_get(body, "top_k", int, 0),
             max_tokens=max_tokens,
-            seed=_get(body, "seed", int, None),
+            seed=_seed(body),
             stop=_stop(body),
             stop_token_ids=tuple(_get(body, "stop_token_ids", list, [])),
             ignore_eos=_get(body, "ignore_eos", bool, False),
@@ -194,6 +194,16 @@ def _conversations(body: dict) -> list[list[dict]]:
             raise ApiError(f"messages[{i}].content must be a string or a list of text parts", param="messages")
         plain.append({"role": ROLES[m["role"]], "content": content})
     return [plain]
+
+
+def _seed(body: dict) -> int | None:
+    """OpenAI's seeds are signed 64-bit: a negative one is taken as its two's complement."""
+    seed = _get(body, "seed", int, None)
+    if seed is not None and seed < 0:
+        if seed < -2**63:
+            raise ApiError(f"seed must be at least -2**63, got {seed}", param="seed")
+        seed += 2**64
+    return seed
 
 
 def _stop(body: dict) -> str | list[str] | None:

@@ -25,6 +25,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
@@ -572,6 +573,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send_error(self, error: ApiError, headers: dict[str, str] | None = None) -> None:
         self._send_json(error.status, error.body(), headers)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (an unsupported method, a malformed request line, headers too long) as
+        the same JSON errors as ours, not its HTML page; the connection closes after them."""
+        self.close_connection = True
+        error = ApiError(message or HTTPStatus(code).phrase, code)
+        data = json.dumps(error.body()).encode()
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def log_message(self, format: str, *args) -> None:
         if not self.server.quiet:

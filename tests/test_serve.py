@@ -337,6 +337,10 @@ def test_bookkeeping_fields_the_developer_role_and_edge_values_are_taken(server,
     sampled = {"prompt": [5, 6, 7], "temperature": 0.8, "seed": 1, "max_tokens": 8}
     assert (post(server, "/v1/completions", sampled | {"top_k": 10**20})[1]["choices"][0]["text"]
             == post(server, "/v1/completions", sampled)[1]["choices"][0]["text"])  # k past the vocabulary keeps all
+    negative = post(server, "/v1/completions", sampled | {"seed": -1})[1]["choices"][0]["text"]  # signed, as OpenAI's
+    assert negative == s1_llm.generate([5, 6, 7], SamplingParams(temperature=0.8, seed=2**64 - 1, max_tokens=8),
+                                       use_tqdm=False)[0].text
+    assert post(server, "/v1/completions", sampled | {"seed": -2**63 - 1})[1]["error"]["param"] == "seed"
     status, body = post(server, "/v1/completions", {"prompt": [5, 6, 7], "thinking_budget": 0, "think_format": "r1",
                                                      "logprobs": 1, "max_tokens": 10, "temperature": 0})
     out = s1_llm.generate([5, 6, 7], SamplingParams(max_tokens=10, logprobs=1, think_format="r1",
@@ -389,6 +393,12 @@ def test_a_route_named_with_the_wrong_method_answers_405(server):
     status, body = request(server, "GET", "/v1/completions")
     assert status == 405 and "takes POST" in body["error"]["message"]
     assert post(server, "/v1/models", {})[0] == 405
+    status, body = request(server, "DELETE", "/v1/models")  # http.server's own errors are JSON too
+    assert status == 501 and body["error"]["message"] == "Unsupported method ('DELETE')"
+    with socket.create_connection(server.server_address[:2], timeout=30) as raw:
+        raw.sendall(b"NONSENSE\r\n\r\n")
+        reply = raw.makefile("rb").read().decode()
+    assert json.loads(reply)["error"]["message"] == "Bad request syntax ('NONSENSE')"  # an HTTP/0.9 reply: no headers
 
 
 @pytest.mark.parametrize("chat", [False, True])
