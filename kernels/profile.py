@@ -45,7 +45,7 @@ def profiled_steps(llm, steps: int, trace: Path | None, label: str) -> None:
             torch.cuda.synchronize()
         wall_us = (time.perf_counter() - start) * 1e6
     if trace is not None:
-        prof.export_chrome_trace(str(trace.with_name(f"{trace.stem}-{label}{trace.suffix}")))
+        prof.export_chrome_trace(str(trace.with_name(f"{trace.stem}-{label}{trace.suffix or '.json'}")))
     device_time = llm.device.type == "cuda"
     events = [e for e in prof.key_averages() if e.key.startswith(("aten::", "_")) or "kernel" in e.key]
     self_us = {e.key: (e.self_device_time_total if device_time else e.self_cpu_time_total) for e in events}
@@ -64,7 +64,7 @@ def profiled_steps(llm, steps: int, trace: Path | None, label: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="profile the engine's decode and prefill steps")
+    parser = argparse.ArgumentParser(prog="python -m kernels.profile", description="profile the engine's decode and prefill steps")
     from benchmarks.gpu_check import SHAPES, random_model
 
     parser.add_argument("--model", type=Path, help="HF model dir (default: the default model)")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: the engine's for the device")
     parser.add_argument("--cuda-graphs", action="store_true", help="replay decode steps as CUDA graphs (CUDA only; "
                         "default: eager, so each kernel shows)")
-    parser.add_argument("--trace", type=Path, help="write Chrome traces here (-prefill/-decode appended)")
+    parser.add_argument("--trace", type=Path, help="write Chrome traces: t.json gives t-prefill.json and t-decode.json")
     args = parser.parse_args(argv)
     if args.cuda_graphs and (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0] != "cuda":
         parser.error("--cuda-graphs needs a CUDA device")
@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
                       max_num_batched_tokens=max(2048, args.batch * args.context), cuda_graphs=args.cuda_graphs)
         except (ValueError, TypeError) as e:
             parser.error(str(e))
+        if args.context + args.steps + 1 > llm.max_model_len:  # every profiled step must decode every sequence
+            parser.error(f"--context {args.context} + --steps {args.steps} + 1 is past the model's context "
+                         f"({llm.max_model_len} tokens)")
         params = SamplingParams(max_tokens=args.steps + 3, ignore_eos=True)
         for i in range(args.batch):
             llm.add_request([3 + (i * 7 + j) % 900 for j in range(args.context)], params)

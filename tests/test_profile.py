@@ -20,7 +20,8 @@ def test_profile_prints_categories_and_writes_traces(make_model, tmp_path, capsy
 @pytest.mark.parametrize("args,message", ((["--cuda-graphs"], "--cuda-graphs needs a CUDA device"),
                                           (["--batch", "0"], "must be a positive integer"),
                                           (["--shape", "nope"], "invalid choice"),
-                                          (["--kernels", "triton"], "TRITON_INTERPRET=1")))
+                                          (["--kernels", "triton"], "TRITON_INTERPRET=1"),
+                                          (["--context", "100000"], "is past the model's context")))
 def test_bad_arguments_are_one_line_errors(make_model, capsys, monkeypatch, args, message):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(SystemExit) as exit_info:
