@@ -9,6 +9,8 @@ from engine.engine_args import add_engine_args, llm_from_args
 from engine.tokenizer import THINK_FORMATS
 
 DIM, RESET = "\033[2m", "\033[0m"
+BUDGET_FLAGS = ("min_thinking_tokens", "max_thinking_tokens", "num_ignore", "ignore_str", "final_answer_str",
+                "max_answer_tokens", "suppress")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="seed of the request's random stream (default: fresh)")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     add_engine_args(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.no_budget:
+        given = [f"--{dest.replace('_', '-')}" for dest in BUDGET_FLAGS if getattr(args, dest) != p.get_default(dest)]
+        if given:
+            p.error(f"--no-budget turns budget forcing off; drop {', '.join(given)} or --no-budget")
+    return args
 
 
 def build_params(args: argparse.Namespace) -> SamplingParams:
@@ -76,6 +83,9 @@ def generate(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     question = args.prompt if args.prompt is not None else sys.stdin.read().strip()
+    if not question:
+        print("error: the prompt is empty", file=sys.stderr)
+        return 2
     try:
         llm = llm_from_args(args)
     except (ValueError, TypeError, OSError) as e:  # bad path, unknown architecture, corrupt weights
@@ -106,7 +116,7 @@ def generate(args: argparse.Namespace) -> int:
     print(
         f"\n\n-- thinking tokens: {output.num_thinking_tokens} | answer tokens: {output.num_answer_tokens}"
         f" | ignores: {output.num_ignores_used} | finish: {output.finish_reason}"
-        f" | {len(output.token_ids) / seconds:.1f} tokens/s",
+        f" | {len(output.token_ids)} tokens in {seconds:.1f} s, prefill included: {len(output.token_ids) / seconds:.1f} tokens/s",
         file=sys.stderr,
     )
     return 0

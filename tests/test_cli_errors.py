@@ -40,3 +40,13 @@ def test_summary_counts_sampled_answer_tokens_only(make_model, capsys):
     expected = 12 - len(tokenizer.encode(spliced, add_special_tokens=False))
     assert code == 0 and "finish: length" in err
     assert f"thinking tokens: 0 | answer tokens: {expected} |" in err
+
+
+def test_budget_flags_beside_no_budget_and_an_empty_prompt_are_errors(make_model, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(make_model("llama")), "--prompt", "hi", "--no-budget", "--max-answer-tokens", "2",
+              "--num-ignore", "1"])
+    assert exit_info.value.code == 2
+    assert "drop --num-ignore, --max-answer-tokens or --no-budget" in capsys.readouterr().err
+    assert main(["--model", str(make_model("llama")), "--prompt", ""]) == 2
+    assert capsys.readouterr().err.strip() == "error: the prompt is empty"
