@@ -15,8 +15,9 @@ class SamplingParams:
     Stop strings and stop token ids apply in the answer phase only: while a budget keeps the request
     thinking they are ignored, since a stop inside thinking would cut the thinking short.
 
-    `n` samples share the prompt's KV: sample i of a request seeded s equals a request with n=1 and
-    seed s+i. `logprobs=k` returns, per sampled token, its log-probability and the k most likely
+    `n` samples share the prompt's KV: sample i of a request seeded s draws the random numbers of a
+    request with n=1 and seed s+i (its tokens are equal unless a draw lands within rounding of a cdf
+    step: logits differ in their last bits between batch shapes). `logprobs=k` returns, per sampled token, its log-probability and the k most likely
     tokens', from the model's raw logits (before temperature, top-k/top-p and budget masks).
     `prompt_logprobs=k` returns the same for every prompt token after the first (None for the first),
     each given the tokens before it; those prompt positions are computed, not taken from the prefix cache.

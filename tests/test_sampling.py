@@ -1,4 +1,6 @@
 """Sampling: per-request seeds, top-k / top-p, padded vocab, stops, streaming."""
+import re
+
 import torch
 
 from engine import LLM, SamplingParams
@@ -107,3 +109,11 @@ def test_incremental_decoder_holds_back_split_characters(tokenizer_dir):
         assert "\ufffd" not in delta
         text += delta
     assert text == tokenizer.decode(ids) and held > 0  # byte-level pieces of 🤖 / 世界 were held back
+
+
+def test_the_seed_stability_benchmark_runs(make_model, capsys):
+    from benchmarks import seed_stability
+
+    assert seed_stability.main(["--model", str(make_model("llama", seed=2)), "--prompts", "2", "--tokens", "4",
+                                "--prompt-tokens", "8"]) == 0
+    assert re.search(r": \d/6 samples of n=3 parted from their n=1 runs within 4 tokens", capsys.readouterr().out)
