@@ -13,6 +13,7 @@ SCENARIOS = {  # scenario -> (peer, target engine/peer tokens/s ratio); sizes co
     "c": ("s1's re-prefill loop over transformers", 2.0),
     "d": ("the 6 settings run one by one through the engine", None),  # target: 0.8x the computed-token ratio
     "e": ("8 separate requests, prefix caching off", None),
+    "f": ("transformers forward over padded batches of the pairs", None),
 }
 
 

@@ -11,6 +11,9 @@ prompts, in one run.
 (d) a sweep of 6 thinking caps over 8 questions: `LLM.sweep` (one sequence per question, forked at each
     cap) vs the 6 settings run one by one through the engine. Equal outputs; computed tokens and time.
 (e) n=8 samples of one prompt vs 8 separate requests with prefix caching off. Equal outputs (seeds).
+(f) loglikelihood scoring as in a multiple-choice eval (4 choices per context): `LLM.score` over all the
+    pairs vs transformers' forward over right-padded batches of 16 pairs (BENCH_HF_SCORE_BATCH), log-softmax
+    at the choices' positions. tokens = context + choice tokens of every pair; the logprobs must agree.
 
 Not part of the test suite (pyproject's testpaths is tests/); run explicitly:
     python -m pytest benchmarks/test_throughput.py --benchmark-json=/tmp/bench.json
@@ -397,3 +400,67 @@ def test_e_separate_requests(benchmark, llm_no_cache, samples_case, outputs):
            peer="8 separate requests (seeds s..s+7), prefix caching off")
     cross_check(benchmark, outputs, "e")
     assert outputs["e"].get("engine", outputs["e"]["peer"]) == outputs["e"]["peer"]
+
+
+# ---- (f) loglikelihood scoring ----
+
+GROUP_F = GROUPS["f"]
+
+
+@pytest.fixture(scope="session")
+def scoring_case(llm):
+    return workloads.scoring_workload(llm.tokenizer)
+
+
+@pytest.mark.benchmark(group=GROUP_F)
+def test_f_scoring_engine(benchmark, llm, scoring_case, outputs, cold_cache):
+    w = scoring_case
+    pairs = w.pairs
+    scores = benchmark.pedantic(
+        lambda: llm.score([a for a, _ in pairs], [b for _, b in pairs]),
+        rounds=workloads.rounds(3), warmup_rounds=workloads.warmup_rounds(1), iterations=1, setup=cold_cache,
+    )
+    assert [len(s) for s in scores] == [len(b) for _, b in pairs]
+    llm.core.block_manager.check_all_free()
+    outputs.setdefault("f", {})["engine"] = scores
+    record(benchmark, "f", "engine", w.tokens, pairs=len(pairs))
+    check_scores(outputs)
+
+
+def hf_scores(model, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> list[list[float]]:
+    """Each pair's continuation logprobs from one forward over right-padded batches."""
+    results = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        rows = [a + b for a, b in chunk]
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        for i, (a, b) in enumerate(chunk):
+            positions = torch.arange(len(a) - 1, len(a) + len(b) - 1)
+            logprobs = torch.log_softmax(logits[i, positions].float(), -1)
+            results.append(logprobs.gather(1, torch.tensor(b)[:, None])[:, 0].tolist())
+    return results
+
+
+@pytest.mark.benchmark(group=GROUP_F)
+def test_f_scoring_transformers(benchmark, hf_model, scoring_case, outputs):
+    w = scoring_case
+    batch_size = int(os.environ.get("BENCH_HF_SCORE_BATCH", 16))
+    scores = benchmark.pedantic(
+        lambda: hf_scores(hf_model, w.pairs, batch_size),
+        rounds=workloads.rounds(3), warmup_rounds=workloads.warmup_rounds(1), iterations=1,
+    )
+    outputs.setdefault("f", {})["peer"] = scores
+    record(benchmark, "f", "peer", w.tokens, pairs=len(w.pairs),
+           peer=f"transformers forward, right-padded batches of {batch_size}")
+    check_scores(outputs)
+
+
+def check_scores(outputs) -> None:
+    sides = outputs["f"]
+    if "engine" in sides and "peer" in sides:
+        gap = max(abs(x - y) for a, b in zip(sides["engine"], sides["peer"]) for x, y in zip(a, b))
+        assert gap < (1e-3 if DTYPE == torch.float32 else 0.5), f"the sides' logprobs differ by {gap}"

@@ -137,6 +137,21 @@ class SamplesWorkload:  # (e)
     new_tokens: int
 
 
+@dataclass(frozen=True)
+class ScoringWorkload:  # (f)
+    contexts: list[list[int]]  # one per question; each choice's pair repeats it
+    choices: list[list[int]]  # continuations, `per_context` for each context in turn
+    per_context: int
+
+    @property
+    def pairs(self) -> list[tuple[list[int], list[int]]]:
+        return [(self.contexts[i // self.per_context], c) for i, c in enumerate(self.choices)]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(a) + len(b) for a, b in self.pairs)
+
+
 # ---- sizes: the spec at scale 1 ----
 
 
@@ -167,6 +182,11 @@ def samples_sizes() -> tuple[int, int, int]:
     return scaled(256), 8, scaled(64)
 
 
+def scoring_sizes() -> tuple[int, int, int, tuple[int, int]]:
+    """(questions, choices per question, context tokens, (shortest, longest) choice)"""
+    return scaled(16, minimum=2), 4, scaled(192), (scaled(4), scaled(24))
+
+
 def group_names() -> dict[str, str]:
     """pytest-benchmark group per scenario, naming the sizes actually run."""
     prompt, new = single_sizes()
@@ -174,12 +194,14 @@ def group_names() -> dict[str, str]:
     questions, thinking, _ = budget_sizes()
     sweep_questions, caps, _ = sweep_sizes()
     sample_prompt, samples, sample_new = samples_sizes()
+    questions_f, per, context, (c_lo, c_hi) = scoring_sizes()
     return {
         "a": f"a: 1 request, {prompt}-token prompt + {new} new",
         "b": f"b: {n} requests, prompts {p_lo}..{p_hi}, outputs {o_lo}..{o_hi}",
         "c": f"c: budget forcing, num_ignore=2, thinking <= {thinking}, {questions} questions",
         "d": f"d: sweep of caps {caps} over {sweep_questions} questions",
         "e": f"e: n={samples} samples of {sample_new} tokens, {sample_prompt}-token prompt",
+        "f": f"f: loglikelihoods of {questions_f} x {per} choices ({c_lo}..{c_hi} tokens) after {context}-token contexts",
     }
 
 
@@ -211,3 +233,10 @@ def sweep_workload() -> SweepWorkload:
 def samples_workload(tokenizer) -> SamplesWorkload:
     prompt, n, new = samples_sizes()
     return SamplesWorkload(text_prompts(tokenizer, [prompt])[0], n, new)
+
+
+def scoring_workload(tokenizer) -> ScoringWorkload:
+    questions, per, context, (lo, hi) = scoring_sizes()
+    lengths = spread(lo, hi, questions * per)
+    random.Random(SEED).shuffle(lengths)
+    return ScoringWorkload(text_prompts(tokenizer, [context] * questions), text_prompts(tokenizer, lengths), per)
