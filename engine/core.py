@@ -53,8 +53,9 @@ class EngineCore:
                 _mirror(branch)
                 if branch.logprobs is not None:  # a zero cap spliced the delimiter: nothing sampled it
                     branch.logprobs.extend([None] * (branch.num_output_tokens - len(branch.logprobs)))
-            first, end = branch.prompt_logit_span  # prompt logprobs are computed even with nothing to generate
-            if first < end or not self._finish_if_at_length(branch):  # a zero budget can leave nothing to generate
+            first, end = branch.prompt_logit_span
+            owes = first < end  # prompt logprobs are computed even when there is nothing to generate
+            if not self._finish_if_at_length(branch, now=not owes) or owes:  # a zero budget can leave nothing
                 self.scheduler.add(branch)
 
     def abort(self, request: Request) -> None:
@@ -91,6 +92,8 @@ class EngineCore:
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_cached_tokens += n
             self.block_manager.commit(seq)
+            if seq.finish_after_prefill is not None and not seq.num_uncached_tokens:
+                self._finish(seq, seq.finish_after_prefill)
         self.num_computed_tokens += sum(batch.num_tokens)
         if sampling:
             self._sample(sampling, logits)
@@ -99,9 +102,12 @@ class EngineCore:
     def _take_prompt_logprobs(self, batch: ScheduledBatch, logits: torch.Tensor) -> torch.Tensor:
         """Record the prompt logprobs that the step's logit rows owe (before the sequences count the step's
         tokens as cached); return the rows of the sequences that sample."""
+        if not batch.is_prefill:  # decode: every row samples
+            return logits
+        sampling = set(batch.sampling)
         sample_rows, score_rows, targets, owners, row = [], [], [], [], 0
-        for seq, n, offsets in zip(batch.seqs, batch.num_tokens, batch.logit_rows):
-            samples = seq.num_uncached_tokens == n
+        for i, (seq, offsets) in enumerate(zip(batch.seqs, batch.logit_rows)):
+            samples = i in sampling
             for j, offset in enumerate(offsets[:-1] if samples else offsets):
                 score_rows.append(row + j)
                 targets.append(seq.token_ids[seq.num_cached_tokens + offset + 1])
@@ -220,20 +226,24 @@ class EngineCore:
         hit = first_stop(tail, stops)
         return None if hit is None else hit[1]
 
-    def _finish_if_at_length(self, seq: Sequence) -> bool:
+    def _finish_if_at_length(self, seq: Sequence, now: bool = True) -> bool:
+        """Finish a sequence at its answer cap or length limit (trimmed to it); with now=False (it still owes
+        prompt logprobs) it is marked to finish once its prefill has run."""
         budget, p = seq.budget, seq.params
-        if budget and budget.phase is Phase.ANSWER and budget.budget.max_answer_tokens is not None:
-            if seq.num_output_tokens - budget.answer_start >= budget.budget.max_answer_tokens:
-                self._finish(seq, "length")
-                return True
+        at_answer_cap = (budget is not None and budget.phase is Phase.ANSWER and budget.budget.max_answer_tokens is not None
+                         and seq.num_output_tokens - budget.answer_start >= budget.budget.max_answer_tokens)
         limit = min(seq.num_prompt_tokens + p.max_tokens, self.max_model_len)
-        if len(seq) >= limit:
+        if not at_answer_cap and len(seq) < limit:
+            return False
+        if not at_answer_cap:
             del seq.token_ids[limit:]
             if seq.logprobs is not None:
                 del seq.logprobs[limit - seq.num_prompt_tokens :]
+        if now:
             self._finish(seq, "length")
-            return True
-        return False
+        else:
+            seq.finish_after_prefill = "length"
+        return True
 
     def _finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None) -> None:
         seq.finish_reason, seq.stop_reason = reason, stop_reason

@@ -142,6 +142,10 @@ class LLM:
 
     def _submit(self, token_ids: list[int], params: SamplingParams, budgets: list[ThinkingBudget],
                 sweep: list[ThinkingBudget] | None, prompt_logprobs_from: int = 1) -> Request:
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(params, name)
+            if k is not None and k > self.config.vocab_size:
+                raise ValueError(f"{name}={k} is more than the vocabulary's {self.config.vocab_size} tokens")
         seeds = ([params.seed + i for i in range(params.n)] if params.seed is not None
                  else [self._seed_source.getrandbits(62) for _ in range(params.n)])
         generator = torch.Generator().manual_seed(seeds[0])  # on the CPU: the sampler draws one number a step
@@ -291,7 +295,8 @@ class LLM:
                 raise ValueError(f"prompt + continuation is {len(context) + len(tail)} tokens; the context holds "
                                  f"{self.max_model_len}")
             pairs.append((context, tail))
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0)  # the one sampled token is dropped
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, seed=0)  # the one sampled token is dropped; a
+        # seed of its own leaves the seed source of later unseeded requests alone
         requests = []
         try:
             for context, tail in pairs:

@@ -197,12 +197,12 @@ def _conversations(body: dict) -> list[list[dict]]:
 
 
 def _seed(body: dict) -> int | None:
-    """OpenAI's seeds are signed 64-bit: a negative one is taken as its two's complement."""
+    """OpenAI's seeds are signed 64-bit: a negative one is taken modulo 2**63 (room for n seeds after it)."""
     seed = _get(body, "seed", int, None)
     if seed is not None and seed < 0:
         if seed < -2**63:
             raise ApiError(f"seed must be at least -2**63, got {seed}", param="seed")
-        seed += 2**64
+        seed %= 2**63
     return seed
 
 

@@ -25,14 +25,18 @@ class ScheduledBatch:
             start = seq.num_cached_tokens
             first, end = seq.prompt_logit_span
             offsets = list(range(max(first, start) - start, min(end, start + n) - start))
-            if seq.num_uncached_tokens == n:
+            if _samples(seq, n):
                 offsets.append(n - 1)
             self.logit_rows.append(offsets)
 
     @property
     def sampling(self) -> list[int]:
         """Indices of the sequences whose every token is computed after this step: they sample."""
-        return [i for i, (s, n) in enumerate(zip(self.seqs, self.num_tokens)) if s.num_uncached_tokens == n]
+        return [i for i, (s, n) in enumerate(zip(self.seqs, self.num_tokens)) if _samples(s, n)]
+
+
+def _samples(seq: Sequence, num_tokens: int) -> bool:
+    return seq.num_uncached_tokens == num_tokens and seq.finish_after_prefill is None
 
 
 class Scheduler:

@@ -58,6 +58,9 @@ class Sequence:
     # per prompt token from prompt_logprobs_from on, as computed, when asked for (params.prompt_logprobs)
     prompt_logprobs: list[dict[int, float]] | None = None
     prompt_logprobs_from: int = 1
+    # set when a sequence that owes prompt logprobs is already done at submission (a zero budget's splice
+    # filled its length): it runs its prefill without sampling, then finishes with this reason
+    finish_after_prefill: str | None = None
     status: SequenceStatus = SequenceStatus.WAITING
     num_cached_tokens: int = 0  # tokens whose KV is in the cache
     block_table: list[int] = field(default_factory=list)

@@ -233,7 +233,13 @@ class EngineLoop:
             raise RuntimeError("the engine thread has stopped")
         done: queue.Queue = queue.Queue()
         self.inbox.put(("call", (fn, done)))
-        ok, value = done.get()
+        while True:
+            try:
+                ok, value = done.get(timeout=CLIENT_POLL_SECONDS)
+                break
+            except queue.Empty:
+                if not self.thread.is_alive() and done.empty():  # it stopped before reading the call
+                    raise RuntimeError("the engine thread has stopped") from None
         if not ok:
             raise value
         return value
@@ -308,7 +314,7 @@ class EngineLoop:
             ("sequences_running", "gauge", "sequences decoding or mid-prefill", len(scheduler.running)),
             ("sequences_waiting", "gauge", "sequences queued for prefill", len(scheduler.waiting)),
             ("kv_blocks_used", "gauge", "KV blocks held by sequences", stats["num_used_blocks"]),
-            ("kv_blocks_cached", "gauge", "free KV blocks that still hold a cached prefix", stats["num_cached_blocks"]),
+            ("kv_blocks_cached", "gauge", "KV blocks keyed in the prefix cache (held or free)", stats["num_cached_blocks"]),
             ("kv_blocks_total", "gauge", "KV blocks in the pool", blocks.num_blocks),
             ("prompt_tokens_total", "counter", "prompt tokens of finished requests", self.totals["prompt_tokens"]),
             ("generation_tokens_total", "counter", "output tokens of finished requests", self.totals["generation_tokens"]),
@@ -333,6 +339,7 @@ class OpenAIServer(ThreadingHTTPServer):
         self.counts_lock = threading.Lock()
         self.handlers: set[Handler] = set()  # one per connection whose thread may still run
         self.handlers_lock = threading.Lock()
+        self.closing = False
         self.model_name = model_name or llm.model_dir.name
         self.loop = EngineLoop(llm)
 
@@ -344,20 +351,21 @@ class OpenAIServer(ThreadingHTTPServer):
         if self.loop is not None and self.loop.thread.is_alive():
             self.loop.stop()
         with self.handlers_lock:
+            self.closing = True  # a connection accepted from now on is ended at once (track)
             handlers = list(self.handlers)
         for handler in handlers:
-            try:
-                handler.connection.shutdown(socket.SHUT_RD)  # a handler waiting for a request reads the end
-            except OSError:
-                pass
+            _end_reads(handler.connection)  # a handler waiting for a request reads the end
+        deadline = time.monotonic() + HANDLER_JOIN_SECONDS
         for handler in handlers:  # to its thread's very end, which drops the thread's hold on the server
-            handler.thread.join(timeout=HANDLER_JOIN_SECONDS)
+            handler.thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def track(self, handler: "Handler") -> None:
         """Keep a connection's handler until its thread has ended (reaping those that have)."""
         with self.handlers_lock:
             self.handlers = {h for h in self.handlers if h.thread.is_alive()}
             self.handlers.add(handler)
+            if self.closing:
+                _end_reads(handler.connection)
 
     def count(self, path: str, status: int) -> None:
         route = path if path in ROUTES or path in TOKENIZER_ROUTES or path in GET_ROUTES else "other"
@@ -375,6 +383,13 @@ class OpenAIServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:
         if not isinstance(sys.exc_info()[1], OSError):  # a client that left is not worth a traceback
             super().handle_error(request, client_address)
+
+
+def _end_reads(connection: socket.socket) -> None:
+    try:
+        connection.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager
@@ -467,11 +482,10 @@ class Handler(BaseHTTPRequestHandler):
         key = self.server.api_key
         if key is None or self.path in OPEN_ROUTES:
             return True
-        given = self.headers.get("Authorization", "")
-        if given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), key.encode()):
+        scheme, _, given = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode()):
             return True
-        if self.headers.get("Content-Length", "0") != "0":
-            self.close_connection = True  # the body is left unread
+        self.close_connection = True  # any body is left unread
         self._send_error(ApiError("a valid API key is needed: send the header 'Authorization: Bearer KEY'", 401,
                                   kind="authentication_error"), {"WWW-Authenticate": "Bearer"})
         return False
@@ -482,6 +496,9 @@ class Handler(BaseHTTPRequestHandler):
             body = self.server.loop.call(fn)
         except RuntimeError as e:  # the engine thread has stopped, or is stopping
             self._send_error(ApiError(str(e), 503, kind="server_error"))
+            return
+        except (ValueError, TypeError, TemplateError) as e:  # the request's fault (a conversation the template refuses)
+            self._send_error(ApiError(str(e), param=param_of(str(e))))
             return
         except Exception as e:
             self._send_error(engine_error(e))
@@ -578,6 +595,7 @@ class Handler(BaseHTTPRequestHandler):
         """http.server's own errors (an unsupported method, a malformed request line, headers too long) as
         the same JSON errors as ours, not its HTML page; the connection closes after them."""
         self.close_connection = True
+        self.server.count(getattr(self, "path", ""), code)
         error = ApiError(message or HTTPStatus(code).phrase, code)
         data = json.dumps(error.body()).encode()
         self.send_response(code, message)

@@ -1,6 +1,8 @@
 """SamplingParams(prompt_logprobs=k): every prompt token's log-probability given the tokens before it, and
 the k most likely tokens there, equal transformers' log_softmax; whole or chunked prefill, a cached prefix,
 `n` forks, preemption and batches mixing requests with and without them all give the same entries."""
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -87,3 +89,33 @@ def test_prompt_logprobs_must_be_a_non_negative_integer():
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="prompt_logprobs must be None or a non-negative integer"):
             SamplingParams(prompt_logprobs=bad)
+
+
+def test_a_request_done_at_submission_still_gets_its_prompt_logprobs_and_nothing_more(make_model):
+    path = make_model("qwen2", seed=6, max_position_embeddings=64)
+    llm = LLM(model=path, block_size=8)
+    ids = random_ids(40, seed=3)
+    for budget, max_tokens in [(ThinkingBudget(max_tokens=0, max_answer_tokens=0), 20),  # the answer cap at once
+                               (ThinkingBudget(max_tokens=0, final_answer_str="Final Answer:"), 2)]:  # the length
+        plain = SamplingParams(max_tokens=max_tokens, budget=budget, n=2, seed=1, temperature=1.0)
+        without, = llm.generate([ids], plain, use_tqdm=False)[:1]
+        outs = llm.generate([ids], replace(plain, prompt_logprobs=1), use_tqdm=False)
+        assert [o.token_ids for o in outs] == [without.token_ids] * 2 and outs[0].finish_reason == "length"
+        for out in outs:
+            check_entries(out.prompt_logprobs, ids, hf_logprobs(path, ids), k=1)
+    long = random_ids(63, seed=4)  # the splice runs past the context: trimmed, never forwarded
+    out = llm.generate([long], SamplingParams(max_tokens=50, budget=ThinkingBudget(max_tokens=0), prompt_logprobs=0),
+                       use_tqdm=False)[0]
+    assert out.finish_reason == "length" and len(long) + len(out.token_ids) == 64
+    check_entries(out.prompt_logprobs, long, hf_logprobs(path, long), k=0)
+    llm.core.block_manager.check_all_free()
+
+
+def test_more_logprobs_than_the_vocabulary_is_an_error_for_that_request_alone(make_model):
+    llm = LLM(model=make_model("llama", seed=4))
+    outs = llm.generate([[5, 6, 7], [8, 9]], [SamplingParams(max_tokens=2), SamplingParams(max_tokens=2, prompt_logprobs=10**6)],
+                        use_tqdm=False)
+    assert outs[0].finish_reason == "length" and "prompt_logprobs=1000000 is more than the vocabulary" in outs[1].error
+    with pytest.raises(ValueError, match="logprobs=60000 is more than the vocabulary's 49152 tokens"):
+        llm.add_request([5], SamplingParams(logprobs=60000))
+    llm.core.block_manager.check_all_free()

@@ -337,9 +337,9 @@ def test_bookkeeping_fields_the_developer_role_and_edge_values_are_taken(server,
     sampled = {"prompt": [5, 6, 7], "temperature": 0.8, "seed": 1, "max_tokens": 8}
     assert (post(server, "/v1/completions", sampled | {"top_k": 10**20})[1]["choices"][0]["text"]
             == post(server, "/v1/completions", sampled)[1]["choices"][0]["text"])  # k past the vocabulary keeps all
-    negative = post(server, "/v1/completions", sampled | {"seed": -1})[1]["choices"][0]["text"]  # signed, as OpenAI's
-    assert negative == s1_llm.generate([5, 6, 7], SamplingParams(temperature=0.8, seed=2**64 - 1, max_tokens=8),
-                                       use_tqdm=False)[0].text
+    negative = post(server, "/v1/completions", sampled | {"seed": -1, "n": 2})[1]["choices"]  # signed, as OpenAI's
+    assert [c["text"] for c in negative] == [o.text for o in s1_llm.generate(
+        [5, 6, 7], SamplingParams(temperature=0.8, seed=2**63 - 1, max_tokens=8, n=2), use_tqdm=False)]
     assert post(server, "/v1/completions", sampled | {"seed": -2**63 - 1})[1]["error"]["param"] == "seed"
     status, body = post(server, "/v1/completions", {"prompt": [5, 6, 7], "thinking_budget": 0, "think_format": "r1",
                                                      "logprobs": 1, "max_tokens": 10, "temperature": 0})
@@ -567,7 +567,8 @@ def test_tokenize_detokenize_and_tokenizer_info_are_the_engines(server, s1_llm):
     for path, bad, param in [("/tokenize", {"prompt": "x", "messages": MESSAGES}, "prompt"),
                              ("/tokenize", {"text": "x"}, "text"),
                              ("/detokenize", {"tokens": [10**9]}, "tokens"),
-                             ("/detokenize", {"tokens": "abc"}, "tokens")]:
+                             ("/detokenize", {"tokens": "abc"}, "tokens"),
+                             ("/tokenize", {"messages": [{"role": "user", "content": 5}]}, "messages")]:
         status, answer = post(server, path, bad)
         assert status == 400 and answer["error"]["param"] == param
     assert request(server, "GET", "/tokenize")[0] == 405 and post(server, "/tokenizer_info", {})[0] == 405
@@ -631,3 +632,34 @@ def test_closing_ends_the_handlers_of_kept_alive_connections(make_model):
         start = time.perf_counter()
     assert time.perf_counter() - start < 5 and not handler.thread.is_alive()
     conn.close()
+
+
+def test_a_call_that_lands_after_the_engine_thread_took_its_stop_is_answered(make_model, monkeypatch):
+    llm = LLM(model=make_model("llama", seed=11, end_token=1, hf_init=True), block_size=8)
+    with in_background(OpenAIServer(llm, port=0, quiet=True)) as srv:
+        entered, release, errors = threading.Event(), threading.Event(), queue.Queue()
+        shut_down = srv.loop._shut_down
+
+        def slow_shut_down(unread):
+            entered.set()
+            release.wait()
+            shut_down(unread)
+
+        monkeypatch.setattr(srv.loop, "_shut_down", slow_shut_down)
+        srv.loop.inbox.put(("stop", None))
+        entered.wait(timeout=30)  # the thread has drained its inbox: nothing reads a call put now
+
+        def call():
+            try:
+                srv.loop.call(lambda llm: None)
+            except RuntimeError as e:
+                errors.put(e)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.2)
+        release.set()
+        caller.join(timeout=10)
+        assert not caller.is_alive() and "stopped" in str(errors.get(timeout=1))
+        status, body = post(srv, "/tokenize", {"prompt": "hi"})
+        assert status == 503
