@@ -65,16 +65,19 @@ class Scheduler:
         seqs, num_tokens, rejected, copies, computing = [], [], [], [], set()
         budget = self.max_num_batched_tokens
         bm = self.block_manager
-        while self.waiting and budget > 0 and len(self.running) + len(seqs) < self.max_num_seqs:
-            seq = self.waiting[0]
+        i = 0  # the waiting sequence looked at: those that wait for a block this batch computes are passed over
+        while i < len(self.waiting) and budget > 0 and len(self.running) + len(seqs) < self.max_num_seqs:
+            seq = self.waiting[i]
             if len(seq) > bm.num_blocks * bm.block_size:
-                rejected.append(self.waiting.popleft())
+                rejected.append(seq)
+                del self.waiting[i]
                 continue
             first, end = seq.prompt_logit_span
             bm.match_prefix(seq, compute_from=first if first < end else None)  # owed prompt logits are computed
             next_block_end = (len(seq.block_keys) + 1) * bm.block_size
             if computing and set(bm.pending_keys(seq, min(len(seq) - 1, next_block_end))) & computing:
-                break  # a sequence in this batch computes its next block: take it from the cache next step
+                i += 1  # a sequence in this batch computes its next block: this one takes it from the cache next step
+                continue
             n = min(seq.num_uncached_tokens, budget)
             if not bm.can_allocate(seq, seq.num_cached_tokens + n):
                 break
@@ -84,9 +87,10 @@ class Scheduler:
             seqs.append(seq)
             num_tokens.append(n)
             budget -= n
-            if n < seq.num_uncached_tokens:
-                break  # the rest of this prompt goes in the next chunk
-            self.waiting.popleft()
+            del self.waiting[i]
+            if n < seq.num_uncached_tokens:  # the rest of this prompt goes in the next chunk, first in line: it
+                self.waiting.appendleft(seq)  # holds blocks, and must finish to free them
+                break
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
         if not seqs:

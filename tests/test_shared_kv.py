@@ -41,6 +41,17 @@ def test_prompts_sharing_a_prefix_compute_it_once(make_model):
     assert delta["num_computed_tokens"] == sum(len(p) for p in prompts) - 3 * 40 + 4 * 5
 
 
+def test_a_prompt_waiting_for_a_block_being_computed_lets_the_prompts_behind_it_in(make_model):
+    llm = LLM(model=make_model("qwen2", seed=4), block_size=8)
+    contexts = [prompt(40, seed=20 + i) for i in range(3)]
+    prompts = [c + prompt(3, seed=30 + 2 * i + j) for i, c in enumerate(contexts) for j in range(2)]  # a, a', b, b', ..
+    steps, step = [], llm.core.step
+    llm.core.step = lambda: steps.append(len(step()))
+    outs, delta = computed(llm, lambda: llm.generate(prompts, SamplingParams(max_tokens=1), use_tqdm=False))
+    assert steps[:2] == [3, 3]  # a, b, c first; then a', b', c' from the cache (was 1 + 2 + 2 + 1 over four steps)
+    assert delta["num_cached_prompt_tokens"] == 3 * 40
+
+
 def test_a_small_pool_evicts_and_preempts_and_gives_the_large_pools_outputs(make_model):
     path = make_model("llama", seed=5)
     prompts = [prompt(20, seed=i) + prompt(10, seed=100 + i % 2) for i in range(6)]
