@@ -274,11 +274,12 @@ def usage(num_prompt_tokens: int, outputs: list[Output]) -> dict:
 
 
 def response(api: ApiRequest, head: dict, outputs: list[Output], bounds: list[tuple[int | None, int | None]],
-             num_prompt_tokens: int, token_text: Callable[[int], str], decode: Callable[[list[int]], str]) -> dict:
+             num_prompt_tokens: int, token_text: Callable[[int], str], echo_texts: list[str]) -> dict:
     """The whole (non-streamed) response; choice i is prompt i // n, sample i % n (in a sweep: prompt i // s,
-    setting i % s); bounds[i] is the output's (thinking_end, answer_start) in tokens."""
+    setting i % s); bounds[i] is the output's (thinking_end, answer_start) in tokens; echo_texts[i] its
+    prompt as echoed (the string sent, or the decoded ids)."""
     choices = []
-    for index, (out, (thinking_end, answer_start)) in enumerate(zip(outputs, bounds)):
+    for index, (out, (thinking_end, answer_start), echo_text) in enumerate(zip(outputs, bounds, echo_texts)):
         choice = {"index": index, "finish_reason": out.finish_reason, "stop_reason": out.stop_reason,
                   "num_thinking_tokens": out.num_thinking_tokens, "num_ignores_used": out.num_ignores_used}
         if api.chat:
@@ -287,7 +288,7 @@ def response(api: ApiRequest, head: dict, outputs: list[Output], bounds: list[tu
             choice["logprobs"] = chat_logprobs(out.token_ids, out.logprobs, api.params.logprobs, token_text, 0,
                                                thinking_end, answer_start)
         elif api.echo:
-            choice["text"] = decode(out.prompt_token_ids) + out.text
+            choice["text"] = echo_text + out.text
             choice["logprobs"] = completion_logprobs(out.prompt_token_ids + out.token_ids,
                                                      out.prompt_logprobs and out.prompt_logprobs + out.logprobs,
                                                      api.params.logprobs, token_text)

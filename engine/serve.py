@@ -56,8 +56,8 @@ class ChoiceStream:
     (chat; the delimiter and any final-answer splice are left out, as in the whole response), or all of
     it as `text` (completions)."""
 
-    def __init__(self, seq: Sequence, llm: LLM, request_id: int, index: int, api: ApiRequest):
-        self.seq, self.llm, self.index, self.api = seq, llm, index, api
+    def __init__(self, seq: Sequence, llm: LLM, request_id: int, index: int, api: ApiRequest, echo_text: str):
+        self.seq, self.llm, self.index, self.api, self.echo_text = seq, llm, index, api, echo_text
         self.stream = OutputStream(seq, llm.tokenizer, request_id)
         self.num_tokens = self.num_token_chars = 0  # handed out so far (tokens; completions: their texts' length)
         self.answer_chars = 0  # answer-phase characters seen (delimiter region included)
@@ -76,7 +76,7 @@ class ChoiceStream:
             self.echoed = True
             ids, tokenizer = self.seq.token_ids[: self.seq.num_prompt_tokens], self.llm.tokenizer
             logprobs = self.seq.prompt_logprob_entries
-            echo = {"index": self.index, "text": tokenizer.decode(ids), "finish_reason": None,
+            echo = {"index": self.index, "text": self.echo_text, "finish_reason": None,
                     "logprobs": completion_logprobs(ids, logprobs, self.api.params.logprobs, tokenizer.decode_token)}
             self.num_token_chars = sum(map(len, echo["logprobs"]["tokens"])) if logprobs is not None else 0
             return [echo] + self.choices()
@@ -157,18 +157,25 @@ class Job:
         outputs = [o for r in self.requests for o in llm.outputs(r)]
         bounds = [bound for r in self.requests for bound in _bounds(r)]
         num_prompt_tokens = sum(len(r.prompt_token_ids) for r in self.requests)
-        self.usage = usage(num_prompt_tokens, outputs)
         error = next((o.error for o in outputs if o.finish_reason == "error"), None)
         if error is not None:
             self.events.put(("error", ApiError(error)))
-        elif not self.api.stream:
+            return True
+        self.usage = usage(num_prompt_tokens, outputs)  # a finished job's, counted in /metrics
+        if not self.api.stream:
+            echo_texts = [self.echo_text(llm, i) for i, r in enumerate(self.requests) for _ in llm.outputs(r)]
             self.events.put(("response", response(self.api, self.head, outputs, bounds, num_prompt_tokens,
-                                                  llm.tokenizer.decode_token, llm.tokenizer.decode)))
+                                                  llm.tokenizer.decode_token, echo_texts)))
         else:
             if self.api.include_usage:
                 self.events.put(("chunk", chunk(self.api, self.head, [], self.usage)))
             self.events.put(("done", None))
         return True
+
+    def echo_text(self, llm: LLM, i: int) -> str:
+        """Prompt i as echoed: the string the client sent (as vLLM echoes it), or its token ids decoded."""
+        prompt = self.api.prompts[i]
+        return prompt if isinstance(prompt, str) else llm.tokenizer.decode(self.requests[i].prompt_token_ids)
 
     def _stream(self, llm: LLM) -> None:
         choices = []
@@ -176,7 +183,8 @@ class Job:
             for seq in request.samples():
                 index = i * self.api.params.n + seq.sample_index
                 if index not in self.streams:
-                    self.streams[index] = ChoiceStream(seq, llm, request.request_id, index, self.api)
+                    self.streams[index] = ChoiceStream(seq, llm, request.request_id, index, self.api,
+                                                       self.echo_text(llm, i) if self.api.echo else "")
                     first = self.streams[index].first()
                     choices += [first] if first else []
                 choices += self.streams[index].choices()

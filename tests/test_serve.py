@@ -494,6 +494,11 @@ def test_echo_puts_the_prompt_and_its_logprobs_first_streamed_or_not(server, s1_
         assert same_numbers([x for p in parts if p["logprobs"] for x in p["logprobs"][key]], lp[key])
     status, plain = post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 3, "echo": True, "temperature": 0})
     assert plain["choices"][0]["text"].startswith(prompt_text) and plain["choices"][0]["logprobs"] is None
+    text = " Count  the letters:"  # a string is echoed as sent, even where its ids decode otherwise
+    for stream in (False, True):
+        status, body = post(server, "/v1/completions", {"prompt": text, "max_tokens": 2, "echo": True, "stream": stream})
+        first = body[0]["choices"][0] if stream else body["choices"][0]
+        assert status == 200 and first["text"].startswith(text)
     status, answer = post(server, "/v1/chat/completions", {"messages": MESSAGES, "echo": True})
     assert status == 400 and answer["error"]["param"] == "echo"
     assert idle(server)["num_used_blocks"] == 0
