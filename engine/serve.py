@@ -76,6 +76,8 @@ class ChoiceStream:
             self.echoed = True
             ids, tokenizer = self.seq.token_ids[: self.seq.num_prompt_tokens], self.llm.tokenizer
             logprobs = self.seq.prompt_logprob_entries
+            if logprobs is not None:  # one that ended (an error, an abort) before its prefill: nulls for the rest
+                logprobs += [None] * (len(ids) - len(logprobs))
             echo = {"index": self.index, "text": self.echo_text, "finish_reason": None,
                     "logprobs": completion_logprobs(ids, logprobs, self.api.params.logprobs, tokenizer.decode_token)}
             self.num_token_chars = sum(map(len, echo["logprobs"]["tokens"])) if logprobs is not None else 0
