@@ -295,8 +295,8 @@ class LLM:
                 raise ValueError(f"prompt + continuation is {len(context) + len(tail)} tokens; the context holds "
                                  f"{self.max_model_len}")
             pairs.append((context, tail))
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, seed=0)  # the one sampled token is dropped; a
-        # seed of its own leaves the seed source of later unseeded requests alone
+        params = SamplingParams(max_tokens=0, prompt_logprobs=0, seed=0)  # a seed of its own leaves the seed
+        # source of later unseeded requests alone
         requests = []
         try:
             for context, tail in pairs:

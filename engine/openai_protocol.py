@@ -108,7 +108,8 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
             think_format=_get(body, "think_format", str, "s1"),
             n=_get(body, "n", int, 1),
             logprobs=_logprobs(body, chat),
-            prompt_logprobs=_logprobs(body, chat) if echo else None,
+            # max_tokens 0 with echo (OpenAI's legacy scoring call) scores the prompt and generates nothing
+            prompt_logprobs=(_logprobs(body, chat) or 0 if max_tokens == 0 else _logprobs(body, chat)) if echo else None,
         )
     except (ValueError, TypeError) as e:
         raise ApiError(str(e), param=param_of(str(e))) from None

@@ -21,6 +21,7 @@ class SamplingParams:
     tokens', from the model's raw logits (before temperature, top-k/top-p and budget masks).
     `prompt_logprobs=k` returns the same for every prompt token after the first (None for the first),
     each given the tokens before it; those prompt positions are computed, not taken from the prefix cache.
+    With it, `max_tokens=0` scores the prompt and generates nothing.
     """
 
     temperature: float = 0.0
@@ -52,8 +53,11 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0 and an integer (0 disables it), got {self.top_k!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= 2**64 - self.n):
             raise ValueError(f"seed must be None or an integer in [0, 2**64 - n] (sample i uses seed + i), got {self.seed!r}")
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+        if not _is_int(self.max_tokens) or self.max_tokens < 0:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if self.max_tokens == 0 and self.prompt_logprobs is None:
+            raise ValueError("max_tokens is 0, which only scores the prompt: it needs prompt_logprobs "
+                             "(else max_tokens must be positive)")
         if self.think_format not in THINK_FORMATS:
             raise ValueError(f"unknown think format {self.think_format!r}; choose one of {sorted(THINK_FORMATS)}")
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []

@@ -119,3 +119,15 @@ def test_more_logprobs_than_the_vocabulary_is_an_error_for_that_request_alone(ma
     with pytest.raises(ValueError, match="logprobs=60000 is more than the vocabulary's 49152 tokens"):
         llm.add_request([5], SamplingParams(logprobs=60000))
     llm.core.block_manager.check_all_free()
+
+
+def test_max_tokens_zero_scores_the_prompt_and_generates_nothing(make_model):
+    path = make_model("llama", seed=21)
+    llm = LLM(model=path, block_size=8)
+    ids = random_ids(30, seed=5)
+    outs = llm.generate([ids, ids[:1]], SamplingParams(max_tokens=0, prompt_logprobs=1, n=2), use_tqdm=False)
+    assert [(o.token_ids, o.finish_reason) for o in outs] == [([], "length")] * 4
+    for out in outs[:2]:
+        check_entries(out.prompt_logprobs, ids, hf_logprobs(path, ids), k=1)
+    assert outs[2].prompt_logprobs == [None]
+    llm.core.block_manager.check_all_free()

@@ -499,6 +499,12 @@ def test_echo_puts_the_prompt_and_its_logprobs_first_streamed_or_not(server, s1_
         status, body = post(server, "/v1/completions", {"prompt": text, "max_tokens": 2, "echo": True, "stream": stream})
         first = body[0]["choices"][0] if stream else body["choices"][0]
         assert status == 200 and first["text"].startswith(text)
+    status, scored = post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 0})
+    choice = scored["choices"][0]  # OpenAI's legacy scoring call: the prompt's logprobs, nothing generated
+    assert status == 200 and choice["text"] == prompt_text and scored["usage"]["completion_tokens"] == 0
+    assert choice["logprobs"]["token_logprobs"] == pytest.approx(lp["token_logprobs"][: len(prompt)], abs=1e-4)
+    status, answer = post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 0})
+    assert status == 400 and answer["error"]["param"] == "max_tokens"
     status, answer = post(server, "/v1/chat/completions", {"messages": MESSAGES, "echo": True})
     assert status == 400 and answer["error"]["param"] == "echo"
     assert idle(server)["num_used_blocks"] == 0
