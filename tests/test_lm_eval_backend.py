@@ -19,43 +19,10 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from benchmarks.lm_eval_backend import S1EngineLM  # noqa: E402  (registers "s1engine")
 from engine import SamplingParams, ThinkingBudget  # noqa: E402
+from tests.lm_eval_tasks import MULTIPLE_CHOICE, generate_until, write_task  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = [("What is 2 + 3?", "5"), ("What is 7 - 4?", "3"), ("Name a prime.", "7")]
-GEN_TASK = """task: s1engine_gen
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_target: "{{{{answer}}}}"
-repeats: 3
-generation_kwargs:
-  until: ["Question:"]
-  max_gen_toks: 40
-  do_sample: false
-  max_tokens_thinking: 12
-  thinking_n_ignore: 2
-  thinking_n_ignore_str: Wait
-metric_list:
-  - metric: exact_match
-"""
-MC_TASK = """task: s1engine_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-target_delimiter: ""
-metric_list:
-  - metric: acc
-"""
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +43,10 @@ def hf(model_dir):
 
 def write_tasks(root: Path, mc_docs: list[dict]) -> TaskManager:
     """A generate and a multiple-choice task as YAML over local JSONL files, the way s1's task dirs look."""
-    root.mkdir(parents=True, exist_ok=True)
-    gen_data, mc_data = root / "gen.jsonl", root / "mc.jsonl"
-    gen_data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QUESTIONS))
-    mc_data.write_text("".join(json.dumps(d) + "\n" for d in mc_docs))
-    (root / "s1engine_gen.yaml").write_text(GEN_TASK.format(data=gen_data))
-    (root / "s1engine_mc.yaml").write_text(MC_TASK.format(data=mc_data))
+    s1_kwargs = "  max_tokens_thinking: 12\n  thinking_n_ignore: 2\n  thinking_n_ignore_str: Wait\n"
+    write_task(root, "s1engine_gen", [{"question": q, "answer": a} for q, a in QUESTIONS],
+               generate_until(s1_kwargs, repeats=3))
+    write_task(root, "s1engine_mc", mc_docs, MULTIPLE_CHOICE)
     return TaskManager(include_path=str(root), include_defaults=False)
 
 

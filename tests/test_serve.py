@@ -20,6 +20,7 @@ from benchmarks import serve_load
 from engine import LLM, SamplingParams, ThinkingBudget
 from engine.openai_protocol import parse_request
 from engine.serve import Job, OpenAIServer, in_background, main
+from tests.lm_eval_tasks import MULTIPLE_CHOICE, generate_until, write_task
 
 BUDGET = {"max_tokens": 10, "num_ignore": 1, "final_answer_str": "Final Answer:"}
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How many r in raspberry?"}]
@@ -428,25 +429,6 @@ def test_a_thinking_budget_list_is_a_sweep_equal_to_llm_sweep(server, s1_llm, ch
         assert status == 400 and "a sweep" in answer["error"]["message"]
 
 
-LM_EVAL_TASK = """task: serve_gen
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_target: "{{{{answer}}}}"
-generation_kwargs:
-  until: ["Question:"]
-  max_gen_toks: 40
-  do_sample: false
-  thinking_budget: {{max_tokens: 12, num_ignore: 1, final_answer_str: "Final Answer:"}}
-metric_list:
-  - metric: exact_match
-"""
-
-
 def test_lm_eval_local_completions_runs_a_budget_forced_task_through_the_server(server, s1_llm, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the task reads a local JSON file
     import lm_eval.models  # noqa: F401  registers local-completions (lm_eval skips it once s1engine is registered)
@@ -454,9 +436,8 @@ def test_lm_eval_local_completions_runs_a_budget_forced_task_through_the_server(
     from lm_eval.tasks import TaskManager
 
     questions = [("What is 2 + 3?", "5"), ("What is 7 - 4?", "3")]
-    data = tmp_path / "gen.jsonl"
-    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in questions))
-    (tmp_path / "serve_gen.yaml").write_text(LM_EVAL_TASK.format(data=data))
+    budget = '  thinking_budget: {max_tokens: 12, num_ignore: 1, final_answer_str: "Final Answer:"}\n'
+    write_task(tmp_path, "serve_gen", [{"question": q, "answer": a} for q, a in questions], generate_until(budget))
     results = simple_evaluate(
         model="local-completions", tasks=["serve_gen"], log_samples=True, bootstrap_iters=0,
         task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
@@ -510,22 +491,6 @@ def test_echo_puts_the_prompt_and_its_logprobs_first_streamed_or_not(server, s1_
     assert idle(server)["num_used_blocks"] == 0
 
 
-LM_EVAL_MC_TASK = """task: serve_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-target_delimiter: ""
-metric_list:
-  - metric: acc
-"""
-
-
 def test_lm_eval_local_completions_scores_a_multiple_choice_task_through_the_server(server, s1_llm, tmp_path,
                                                                                     monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -543,9 +508,7 @@ def test_lm_eval_local_completions_scores_a_multiple_choice_task_through_the_ser
     greedy = s1_llm.tokenizer.decode(greedy_ids)
     docs = [{"question": "Pick the next word.", "choices": [" cat", greedy, " dog"], "label": 1},
             {"question": "What is 2 + 3?", "choices": [" 4", " 5", " six"], "label": 1}]
-    data = tmp_path / "mc.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (tmp_path / "serve_mc.yaml").write_text(LM_EVAL_MC_TASK.format(data=data))
+    write_task(tmp_path, "serve_mc", docs, MULTIPLE_CHOICE)
     results = simple_evaluate(model=lm, tasks=["serve_mc"], log_samples=True, bootstrap_iters=0,
                               task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
     seen_greedy = []
