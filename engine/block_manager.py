@@ -69,6 +69,12 @@ class BlockManager:
         seq.num_cached_tokens = len(seq.block_table) * bs
         self.num_cached_prompt_tokens += min(seq.num_cached_tokens, seq.num_prompt_tokens)
 
+    def release_match(self, seq: Sequence) -> None:
+        """Give back the cached blocks match_prefix gave a sequence that has computed nothing since (they stay
+        cached): a sequence that goes on waiting holds no blocks."""
+        self.num_cached_prompt_tokens -= min(seq.num_cached_tokens, seq.num_prompt_tokens)
+        self.free(seq)
+
     def allocate(self, seq: Sequence, num_tokens: int) -> None:
         needed = self.blocks_needed(seq, num_tokens)
         if needed > self.num_free_blocks:

@@ -235,7 +235,7 @@ class EngineCore:
         limit = min(seq.num_prompt_tokens + p.max_tokens, self.max_model_len)
         if not at_answer_cap and len(seq) < limit:
             return False
-        if not at_answer_cap:
+        if len(seq) >= limit:  # the length cuts what a splice put past it, answer cap or not
             del seq.token_ids[limit:]
             if seq.logprobs is not None:
                 del seq.logprobs[limit - seq.num_prompt_tokens :]
@@ -310,9 +310,12 @@ def _group_by(settings: dict[int, BudgetState], decision) -> list[list[int] | No
 
 
 def _start_outcome(state: BudgetState, seq: Sequence) -> tuple:
+    """What starting does under one setting: the output edit, and whether the answer limit then ends it."""
     scratch, out = replace(state), ScratchOutput(seq.token_ids, seq.num_prompt_tokens)
     scratch.start(out)
-    return out.key(), scratch.phase
+    limit = scratch.budget.max_answer_tokens
+    ends = scratch.phase is Phase.ANSWER and limit is not None and len(out) - scratch.answer_start >= limit
+    return out.key(), scratch.phase, ends
 
 
 def _accept_outcome(state: BudgetState, seq: Sequence, token: int) -> tuple:

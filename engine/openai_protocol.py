@@ -290,8 +290,9 @@ def response(api: ApiRequest, head: dict, outputs: list[Output], bounds: list[tu
                                                thinking_end, answer_start)
         elif api.echo:
             choice["text"] = echo_text + out.text
+            asked = api.params.logprobs is not None  # max_tokens 0 scores the prompt, asked for logprobs or not
             choice["logprobs"] = completion_logprobs(out.prompt_token_ids + out.token_ids,
-                                                     out.prompt_logprobs and out.prompt_logprobs + out.logprobs,
+                                                     out.prompt_logprobs + out.logprobs if asked else None,
                                                      api.params.logprobs, token_text)
         else:
             choice["text"] = out.text

@@ -54,7 +54,7 @@ class SamplingParams:
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= 2**64 - self.n):
             raise ValueError(f"seed must be None or an integer in [0, 2**64 - n] (sample i uses seed + i), got {self.seed!r}")
         if not _is_int(self.max_tokens) or self.max_tokens < 0:
-            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+            raise ValueError(f"max_tokens must be a non-negative integer, got {self.max_tokens!r}")
         if self.max_tokens == 0 and self.prompt_logprobs is None:
             raise ValueError("max_tokens is 0, which only scores the prompt: it needs prompt_logprobs "
                              "(else max_tokens must be positive)")

@@ -73,13 +73,17 @@ class Scheduler:
                 del self.waiting[i]
                 continue
             first, end = seq.prompt_logit_span
-            bm.match_prefix(seq, compute_from=first if first < end else None)  # owed prompt logits are computed
+            compute_from = first if first < end else len(seq) - 1  # owed prompt logits are computed, not matched
+            bm.match_prefix(seq, compute_from=compute_from)
             next_block_end = (len(seq.block_keys) + 1) * bm.block_size
-            if computing and set(bm.pending_keys(seq, min(len(seq) - 1, next_block_end))) & computing:
-                i += 1  # a sequence in this batch computes its next block: this one takes it from the cache next step
+            if computing and set(bm.pending_keys(seq, min(compute_from, next_block_end))) & computing:
+                bm.release_match(seq)  # a sequence in this batch computes its next block: this one takes it from
+                i += 1  # the cache next step, and holds nothing meanwhile (only waiting[0] may hold blocks)
                 continue
             n = min(seq.num_uncached_tokens, budget)
             if not bm.can_allocate(seq, seq.num_cached_tokens + n):
+                if i:
+                    bm.release_match(seq)
                 break
             bm.allocate(seq, seq.num_cached_tokens + n)
             copies += bm.prepare_write(seq, seq.num_cached_tokens, seq.num_cached_tokens + n)

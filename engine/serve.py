@@ -75,7 +75,7 @@ class ChoiceStream:
         if not self.echoed and (first >= end or self.seq.is_finished):
             self.echoed = True
             ids, tokenizer = self.seq.token_ids[: self.seq.num_prompt_tokens], self.llm.tokenizer
-            logprobs = self.seq.prompt_logprob_entries
+            logprobs = self.seq.prompt_logprob_entries if self.api.params.logprobs is not None else None
             if logprobs is not None:  # one that ended (an error, an abort) before its prefill: nulls for the rest
                 logprobs += [None] * (len(ids) - len(logprobs))
             echo = {"index": self.index, "text": self.echo_text, "finish_reason": None,

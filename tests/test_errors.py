@@ -92,7 +92,7 @@ def test_bad_budgets(kwargs, message):
         ({"top_p": 0.0}, "top_p must be in"),
         ({"top_k": -1}, "top_k must be >= 0"),
         ({"max_tokens": 0}, "max_tokens is 0, which only scores the prompt: it needs prompt_logprobs"),
-        ({"max_tokens": -1}, "max_tokens must be a positive integer"),
+        ({"max_tokens": -1}, "max_tokens must be a non-negative integer"),
         ({"think_format": "xml"}, "unknown think format 'xml'"),
         ({"stop": 5}, "stop must be a non-empty string"),
         ({"stop": ["ok", ""]}, "stop must be a non-empty string"),

@@ -15,7 +15,7 @@ NAN, INF = float("nan"), float("inf")
         ({"temperature": INF}, ValueError, "temperature must be >= 0 and finite, got inf"),
         ({"top_p": NAN}, ValueError, "top_p must be in"),
         ({"top_k": 2.5}, ValueError, "top_k must be >= 0 and an integer"),
-        ({"max_tokens": True}, ValueError, "max_tokens must be a positive integer, got True"),
+        ({"max_tokens": True}, ValueError, "max_tokens must be a non-negative integer, got True"),
         ({"stop_token_ids": 5}, TypeError, "stop_token_ids must be a list or tuple of token ids, got 5"),
         ({"stop_token_ids": [True]}, ValueError, "stop_token_ids must be non-negative integers"),
         ({"seed": -1}, ValueError, "seed must be None or an integer in"),

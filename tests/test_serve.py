@@ -484,6 +484,11 @@ def test_echo_puts_the_prompt_and_its_logprobs_first_streamed_or_not(server, s1_
     choice = scored["choices"][0]  # OpenAI's legacy scoring call: the prompt's logprobs, nothing generated
     assert status == 200 and choice["text"] == prompt_text and scored["usage"]["completion_tokens"] == 0
     assert choice["logprobs"]["token_logprobs"] == pytest.approx(lp["token_logprobs"][: len(prompt)], abs=1e-4)
+    for stream in (False, True):  # no logprobs asked for: none given, streamed or not
+        status, bare = post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 0, "echo": True, "stream": stream})
+        choices = [c["choices"][0] for c in bare] if stream else bare["choices"]
+        assert status == 200 and "".join(c["text"] for c in choices) == prompt_text
+        assert all(c["logprobs"] is None for c in choices)
     status, answer = post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 0})
     assert status == 400 and answer["error"]["param"] == "max_tokens"
     status, answer = post(server, "/v1/chat/completions", {"messages": MESSAGES, "echo": True})

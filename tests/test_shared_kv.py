@@ -52,6 +52,27 @@ def test_a_prompt_waiting_for_a_block_being_computed_lets_the_prompts_behind_it_
     assert delta["num_cached_prompt_tokens"] == 3 * 40
 
 
+def test_a_passed_over_prompt_holds_no_blocks_so_a_tight_pool_cannot_stall(make_model):
+    path = make_model("llama", seed=4)
+    x, y, z, b = prompt(16, seed=40), prompt(9, seed=41), prompt(6, seed=42), prompt(40, seed=43)
+    prompts, params = [x + y, x + y[:8] + z, b], [SamplingParams(max_tokens=n, ignore_eos=True) for n in (20, 2, 2)]
+    roomy = LLM(model=path, block_size=8).generate(prompts, params, use_tqdm=False)
+    llm = LLM(model=path, block_size=8, num_blocks=6, max_num_batched_tokens=16)
+    llm.generate([x + [7]], SamplingParams(max_tokens=1), use_tqdm=False)  # x is in the prefix cache
+    steps, step = [], llm.core.step
+
+    def bounded_step():
+        steps.append(None)
+        if len(steps) > 60:  # it held x's blocks while waiting, and the 40-token prompt never fit: a livelock
+            raise RuntimeError("no progress in 60 steps")
+        return step()
+
+    llm.core.step = bounded_step
+    tight = llm.generate(prompts, params, use_tqdm=False)  # the second waits for a block the first computes
+    assert [o.token_ids for o in tight] == [o.token_ids for o in roomy]
+    llm.core.block_manager.check_all_free()
+
+
 def test_a_small_pool_evicts_and_preempts_and_gives_the_large_pools_outputs(make_model):
     path = make_model("llama", seed=5)
     prompts = [prompt(20, seed=i) + prompt(10, seed=100 + i % 2) for i in range(6)]
@@ -120,6 +141,17 @@ def test_every_sweep_output_equals_its_setting_run_alone(s1_llm, r1_llm, think_f
                 assert out.token_ids == alone.token_ids, setting
                 assert (out.text, out.num_thinking_tokens, out.num_ignores_used, out.finish_reason) == (
                     alone.text, alone.num_thinking_tokens, alone.num_ignores_used, alone.finish_reason)
+
+
+def test_a_sweep_setting_ended_at_the_start_is_cut_to_max_tokens_like_its_run_alone(s1_llm):
+    ends = ThinkingBudget(max_tokens=0, final_answer_str="Final Answer:", max_answer_tokens=0)
+    goes_on = ThinkingBudget(max_tokens=0, final_answer_str="Final Answer:")
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    for settings in ([ends, goes_on], [goes_on, ends]):
+        swept = s1_llm.sweep([5, 6, 7], params, settings, use_tqdm=False)[0]
+        alone = [s1_llm.generate([5, 6, 7], replace(params, budget=b), use_tqdm=False)[0] for b in settings]
+        assert [o.token_ids for o in swept] == [o.token_ids for o in alone]
+        assert all(len(o.token_ids) == 3 and o.finish_reason == "length" for o in swept)
 
 
 def test_a_sweep_of_caps_computes_each_shared_prefix_once(s1_llm):
