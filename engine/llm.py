@@ -118,7 +118,7 @@ class LLM:
         engine untouched."""
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
-        return self._submit(self._checked_prompt_ids(prompt), params,
+        return self._submit(self._checked_prompt_ids(prompt, params), params,
                             [params.budget] if params.budget is not None else [], None)
 
     def add_sweep(self, prompt: Prompt, params: SamplingParams, budgets: list[ThinkingBudget]) -> Request:
@@ -129,11 +129,14 @@ class LLM:
             raise ValueError(f"sweep runs one sample per setting; got n={params.n}")
         if not isinstance(budgets, list) or not budgets or not all(isinstance(b, ThinkingBudget) for b in budgets):
             raise TypeError("budgets must be a non-empty list of ThinkingBudget (or one such list per prompt)")
-        return self._submit(self._checked_prompt_ids(prompt), params, list(budgets), list(budgets))
+        return self._submit(self._checked_prompt_ids(prompt, params), params, list(budgets), list(budgets))
 
-    def _checked_prompt_ids(self, prompt: Prompt) -> list[int]:
+    def _checked_prompt_ids(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         token_ids = self._prompt_ids(prompt)
-        if len(token_ids) >= self.max_model_len:
+        if params.max_tokens == 0:  # only scores the prompt: it may fill the context
+            if len(token_ids) > self.max_model_len:
+                raise ValueError(f"prompt has {len(token_ids)} tokens; the context holds {self.max_model_len}")
+        elif len(token_ids) >= self.max_model_len:
             raise ValueError(
                 f"prompt has {len(token_ids)} tokens; the context holds {self.max_model_len} "
                 "(and at least one must be left to generate)"

@@ -593,6 +593,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:  # a body left unread: say so, so the client does not reuse the connection
+            self.send_header("Connection", "close")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -605,7 +607,7 @@ class Handler(BaseHTTPRequestHandler):
         """http.server's own errors (an unsupported method, a malformed request line, headers too long) as
         the same JSON errors as ours, not its HTML page; the connection closes after them."""
         self.close_connection = True
-        self.server.count(getattr(self, "path", ""), code)
+        self.server.count(self.path if self.command else "", code)  # no command: the request line was bad
         error = ApiError(message or HTTPStatus(code).phrase, code)
         data = json.dumps(error.body()).encode()
         self.send_response(code, message)

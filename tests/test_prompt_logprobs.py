@@ -131,3 +131,17 @@ def test_max_tokens_zero_scores_the_prompt_and_generates_nothing(make_model):
         check_entries(out.prompt_logprobs, ids, hf_logprobs(path, ids), k=1)
     assert outs[2].prompt_logprobs == [None]
     llm.core.block_manager.check_all_free()
+
+
+def test_a_prompt_filling_the_context_can_be_scored(make_model):
+    path = make_model("llama", seed=21, max_position_embeddings=64)
+    llm = LLM(model=path, block_size=8)
+    ids = random_ids(64, seed=6)
+    out = llm.generate([ids], SamplingParams(max_tokens=0, prompt_logprobs=0), use_tqdm=False)[0]
+    assert out.error is None and out.token_ids == []
+    check_entries(out.prompt_logprobs, ids, hf_logprobs(path, ids), k=0)
+    with pytest.raises(ValueError, match="at least one must be left to generate"):
+        llm.add_request(ids, SamplingParams(max_tokens=1, prompt_logprobs=0))
+    with pytest.raises(ValueError, match="prompt has 65 tokens; the context holds 64"):
+        llm.add_request(ids + [5], SamplingParams(max_tokens=0, prompt_logprobs=0))
+    llm.core.block_manager.check_all_free()
