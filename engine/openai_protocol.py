@@ -85,13 +85,16 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
     default_max = max_model_len if chat else COMPLETION_MAX_TOKENS
     max_name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _get(body, max_name, int, default_max)
+    echo = False if chat else _get(body, "echo", bool, False)
+    if max_tokens == 0 and not echo:
+        raise ApiError(f"{max_name} must be positive" + ("" if chat else " (0 only with echo: it scores the prompt)"),
+                       param=max_name)
     stream = _get(body, "stream", bool, False)
     options = _get(body, "stream_options", dict, {})
     if options and not stream:
         raise ApiError("stream_options needs stream=true", param="stream_options")
     if set(options) - {"include_usage"}:
         raise ApiError(f"stream_options takes include_usage only, got {sorted(options)}", param="stream_options")
-    echo = False if chat else _get(body, "echo", bool, False)
     try:
         budgets = _budgets(body)
         sweep = budgets if isinstance(body.get("thinking_budget"), list) else None

@@ -167,6 +167,8 @@ BAD = [
     ("/v1/completions", {"prompt": [5] * 2000, "stream": True}, 400, "the context holds 1024"),
     ("/v1/completions", {"prompt": [10**9]}, 400, "outside the vocabulary"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": "ten"}, 400, "max_tokens must be an integer"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, 400, "max_tokens must be positive (0 only with echo"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "max_completion_tokens": 0}, 400, "max_completion_tokens must be positive"),
     ("/v1/completions", {"prompt": "hi", "temperature": -1}, 400, "temperature must be >= 0"),
     ("/v1/completions", {"prompt": "hi", "logprobs": 21}, 400, "logprobs must be between 0 and 20"),
     ("/v1/completions", {"prompt": "hi", "stream_options": {"include_usage": True}}, 400, "needs stream=true"),
@@ -490,7 +492,7 @@ def test_echo_puts_the_prompt_and_its_logprobs_first_streamed_or_not(server, s1_
         assert status == 200 and "".join(c["text"] for c in choices) == prompt_text
         assert all(c["logprobs"] is None for c in choices)
     status, answer = post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 0})
-    assert status == 400 and answer["error"]["param"] == "max_tokens"
+    assert status == 400 and answer["error"]["param"] == "max_tokens" and "echo" in answer["error"]["message"]
     status, answer = post(server, "/v1/chat/completions", {"messages": MESSAGES, "echo": True})
     assert status == 400 and answer["error"]["param"] == "echo"
     assert idle(server)["num_used_blocks"] == 0
@@ -586,6 +588,14 @@ def test_an_api_key_guards_every_route_but_health_and_metrics(make_model, monkey
         assert status == 401 and "Authorization: Bearer KEY" in answer["error"]["message"]
         assert request(srv, "GET", "/v1/models")[0] == 401 and post(srv, "/tokenize", {"prompt": "x"})[0] == 401
         assert request(srv, "GET", "/health")[0] == 200
+        conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "hi"}), {"Authorization": "bearer  sekrit "})
+        accepted = conn.getresponse()
+        assert accepted.status == 200 and accepted.read()  # the scheme in any case, the key trimmed
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "hi"}), {"Authorization": "Bearer wrong"})
+        refused = conn.getresponse()
+        assert refused.status == 401 and refused.getheader("Connection") == "close"  # its body was not read
+        conn.close()
         base = f"http://127.0.0.1:{srv.server_address[1]}/v1"
         with pytest.raises(AuthenticationError):
             OpenAI(base_url=base, api_key="wrong", max_retries=0).completions.create(model=srv.model_name, prompt="hi",
