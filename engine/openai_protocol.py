@@ -95,6 +95,10 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
         raise ApiError("stream_options needs stream=true", param="stream_options")
     if set(options) - {"include_usage"}:
         raise ApiError(f"stream_options takes include_usage only, got {sorted(options)}", param="stream_options")
+    logprobs = _logprobs(body, chat)
+    prompt_logprobs = None
+    if echo:  # with max_tokens 0 (OpenAI's legacy scoring call) the prompt is scored, logprobs asked for or not
+        prompt_logprobs = 0 if logprobs is None and max_tokens == 0 else logprobs
     try:
         budgets = _budgets(body)
         sweep = budgets if isinstance(body.get("thinking_budget"), list) else None
@@ -110,9 +114,8 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
             budget=None if sweep or not budgets else budgets[0],
             think_format=_get(body, "think_format", str, "s1"),
             n=_get(body, "n", int, 1),
-            logprobs=_logprobs(body, chat),
-            # max_tokens 0 with echo (OpenAI's legacy scoring call) scores the prompt and generates nothing
-            prompt_logprobs=(_logprobs(body, chat) or 0 if max_tokens == 0 else _logprobs(body, chat)) if echo else None,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
     except (ValueError, TypeError) as e:
         raise ApiError(str(e), param=param_of(str(e))) from None

@@ -91,9 +91,8 @@ class ModelRunner:
             cu_seqlens_q.append(cu_seqlens_q[-1] + n)
             context_lens.append(start + n)
         logits_indices = [cu_seqlens_q[i] + offset for i, offsets in enumerate(batch.logit_rows) for offset in offsets]
-        if self.graphs is not None and self._replays(batch):
-            logits = self.graphs.run(input_ids, positions, slots, _padded_tables(batch.seqs), context_lens)
-            return logits if len(logits_indices) == len(batch.seqs) else logits[batch.sampling]
+        if self.graphs is not None and self._replays(batch):  # a decode step: one row per sequence, all sample
+            return self.graphs.run(input_ids, positions, slots, _padded_tables(batch.seqs), context_lens)
         max_blocks = max(len(seq.block_table) for seq in batch.seqs)
         flat = self.ops.flat_metadata
         meta = AttentionMetadata(
