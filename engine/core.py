@@ -6,6 +6,7 @@ from dataclasses import replace
 import torch
 
 from engine.block_manager import BlockManager
+from engine.penalties import penalize
 from engine.budget import BudgetState, Phase
 from engine.request import Request
 from engine.runner import ModelRunner
@@ -144,9 +145,10 @@ class EngineCore:
             logits = logits[rows]
         logprob_entries = {i: self._logprob_entry(logits[i], s.params.logprobs)
                            for i, s in enumerate(expanded) if s.params.logprobs is not None}
+        params = [s.params for s in expanded]
         tokens = self.sampler(
-            logits,
-            [s.params for s in expanded],
+            penalize(logits, params, [(s.token_ids, s.num_prompt_tokens) for s in expanded]),
+            params,
             [s.generator for s in expanded],
             [s.budget.masked_ids(s.num_output_tokens) if s.budget else frozenset() for s in expanded],
         )

@@ -31,6 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="keep the most likely tokens holding this mass (1: all)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="divide positive logits of tokens already in the prompt or output by it (1: none)")
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="subtract from tokens the output holds")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, help="subtract per occurrence in the output")
     p.add_argument("--seed", type=int, default=None, help="seed of the request's random stream (default: fresh)")
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     add_engine_args(p)
@@ -58,6 +62,9 @@ def build_params(args: argparse.Namespace) -> SamplingParams:
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
         max_tokens=args.max_tokens,
         seed=args.seed,
         stop=args.stop,

@@ -2,10 +2,10 @@
 
 Budget forcing rides on extra body fields: `thinking_budget` (an int: the thinking cap, an object of
 ThinkingBudget's fields, or a list of those: a sweep, one choice per setting, run as forks of one
-sequence) and `think_format`; also `top_k`, `stop_token_ids`, `ignore_eos`. Completions take `echo`: the
+sequence) and `think_format`; also `top_k`, `stop_token_ids`, `ignore_eos`, `repetition_penalty`. Completions take `echo`: the
 prompt comes first in each choice's text and, with `logprobs`, in its logprobs (the first prompt token's
 logprob is null), as lm-eval's loglikelihood requests read them. A field the engine cannot honour
-(penalties, logit_bias, tools) is an error unless it has its no-op value.
+(tools, response formats) is an error unless it has its no-op value.
 """
 import time
 import uuid
@@ -21,11 +21,12 @@ MAX_LOGPROBS = 20
 MAX_CHOICES = 256  # prompts x n in one request: more is a mistake, and would fork that many sequences
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the rest of the context
 COMMON_FIELDS = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
-                 "top_k", "stop_token_ids", "ignore_eos", "thinking_budget", "think_format"}
+                 "top_k", "stop_token_ids", "ignore_eos", "thinking_budget", "think_format",
+                 "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias"}
 IGNORED_FIELDS = {"user", "store", "metadata", "service_tier"}  # bookkeeping that does not change the reply
 COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "logprobs", "echo"}
 CHAT_FIELDS = COMMON_FIELDS | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"}
-NO_OP_VALUES = {"presence_penalty": (0,), "frequency_penalty": (0,), "logit_bias": (None, {}), "echo": (False, None),
+NO_OP_VALUES = {"echo": (False, None),
                 "suffix": (None, ""), "best_of": (None, 1), "tools": (None, []), "tool_choice": (None, "none"),
                 "response_format": (None, {"type": "text"}), "parallel_tool_calls": (None, True, False)}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -116,6 +117,10 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
             n=_get(body, "n", int, 1),
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
+            presence_penalty=_get(body, "presence_penalty", (int, float), 0.0),
+            frequency_penalty=_get(body, "frequency_penalty", (int, float), 0.0),
+            repetition_penalty=_get(body, "repetition_penalty", (int, float), 1.0),
+            logit_bias=_logit_bias(body),
         )
     except (ValueError, TypeError) as e:
         raise ApiError(str(e), param=param_of(str(e))) from None
@@ -178,6 +183,17 @@ def _prompts(body: dict) -> list:
                                                    for p in prompt):
         return prompt
     raise ApiError("prompt must be a string, a list of token ids, or a non-empty list of those", param="prompt")
+
+
+def _logit_bias(body: dict) -> dict[int, float] | None:
+    """OpenAI's logit_bias: an object whose keys are token ids as strings ("50256": -100)."""
+    bias = _get(body, "logit_bias", dict, None)
+    if bias is None:
+        return None
+    bad = [key for key in bias if not (isinstance(key, str) and key.isascii() and key.isdigit())]
+    if bad:
+        raise ApiError(f"logit_bias keys must be token ids (strings of digits), got {bad[0]!r}", param="logit_bias")
+    return {int(key): value for key, value in bias.items()}
 
 
 def _is_id(value) -> bool:

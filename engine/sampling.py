@@ -18,10 +18,14 @@ class SamplingParams:
     `n` samples share the prompt's KV: sample i of a request seeded s draws the random numbers of a
     request with n=1 and seed s+i (its tokens are equal unless a draw lands within rounding of a cdf
     step: logits differ in their last bits between batch shapes). `logprobs=k` returns, per sampled token, its log-probability and the k most likely
-    tokens', from the model's raw logits (before temperature, top-k/top-p and budget masks).
+    tokens', from the model's raw logits (before penalties, temperature, top-k/top-p and budget masks).
     `prompt_logprobs=k` returns the same for every prompt token after the first (None for the first),
     each given the tokens before it; those prompt positions are computed, not taken from the prefix cache.
     With it, `max_tokens=0` scores the prompt and generates nothing.
+
+    `logit_bias` ({token id: bias in [-100, 100]}), `repetition_penalty` (> 0; 1 is none) and OpenAI's
+    `presence_penalty` and `frequency_penalty` (in [-2, 2]) adjust the logits before temperature, top-k
+    and top-p, greedy rows included (see engine.penalties); budget masks still win over them.
     """
 
     temperature: float = 0.0
@@ -37,6 +41,10 @@ class SamplingParams:
     n: int = 1
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self):
         if not _is_int(self.n) or self.n < 1:
@@ -69,6 +77,24 @@ class SamplingParams:
             raise ValueError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
         if self.budget is not None and not isinstance(self.budget, ThinkingBudget):
             raise TypeError(f"budget must be a ThinkingBudget, got {type(self.budget).__name__}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not _is_number(value) or not -2 <= value <= 2:
+                raise ValueError(f"{name} must be a number in [-2, 2], got {value!r}")
+        if not _is_number(self.repetition_penalty) or not 0 < self.repetition_penalty < math.inf:
+            raise ValueError(f"repetition_penalty must be a positive finite number (1: none), got {self.repetition_penalty!r}")
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                raise TypeError(f"logit_bias must be a dict of token id -> bias, got {type(self.logit_bias).__name__}")
+            bad = [(t, b) for t, b in self.logit_bias.items() if not (_is_int(t) and t >= 0 and _is_number(b) and -100 <= b <= 100)]
+            if bad:
+                raise ValueError(f"logit_bias maps non-negative token ids to biases in [-100, 100], got {bad[0][0]!r}: {bad[0][1]!r}")
+            object.__setattr__(self, "logit_bias", dict(self.logit_bias))  # the caller's dict may change later
+
+    @property
+    def penalizes(self) -> bool:
+        """Whether any logit adjustment applies (engine.penalties)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1 or self.logit_bias)
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -79,6 +105,10 @@ class SamplingParams:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:  # nan fails every range check that uses it
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Sampler:

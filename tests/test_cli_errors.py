@@ -50,3 +50,21 @@ def test_budget_flags_beside_no_budget_and_an_empty_prompt_are_errors(make_model
     assert "drop --num-ignore, --max-answer-tokens or --no-budget" in capsys.readouterr().err
     assert main(["--model", str(make_model("llama")), "--prompt", ""]) == 2
     assert capsys.readouterr().err.strip() == "error: the prompt is empty"
+
+
+def test_penalty_flags_reach_the_request_and_bad_ones_are_errors(make_model, capsys, monkeypatch):
+    seen = []
+    real_stream = LLM.stream
+
+    def recording_stream(self, prompt, params=None):
+        seen.append(params)
+        return real_stream(self, prompt, params)
+
+    monkeypatch.setattr(LLM, "stream", recording_stream)
+    path = str(make_model("llama"))
+    assert main(["--model", path, "--prompt", "hi", "--max-tokens", "4", "--repetition-penalty", "1.2",
+                 "--presence-penalty", "0.5", "--frequency-penalty", "-0.25"]) == 0
+    assert (seen[0].repetition_penalty, seen[0].presence_penalty, seen[0].frequency_penalty) == (1.2, 0.5, -0.25)
+    capsys.readouterr()
+    assert main(["--model", path, "--prompt", "hi", "--presence-penalty", "3"]) == 2
+    assert capsys.readouterr().err.strip() == "error: presence_penalty must be a number in [-2, 2], got 3.0"

@@ -1,6 +1,6 @@
 """The whole engine with kernels="triton" (under the Triton interpreter, on the CPU) gives the tokens of
 kernels="torch": greedy batches mixing plain and budget-forced requests (splices as multi-token extends),
-prefix-cache hits, and forked samples sharing their prompt's blocks."""
+prefix-cache hits, and forked samples sharing their prompt's blocks (also with penalties)."""
 import pytest
 import torch
 
@@ -43,10 +43,12 @@ def test_budget_forced_batch_matches_torch(make_model):
     assert any("Final Answer:" in o.text for o in forced), "no cap splice happened"
 
 
-@pytest.mark.parametrize("arch", ("qwen2", "qwen3"))
-def test_forked_samples_match_torch(make_model, arch):
+@pytest.mark.parametrize("arch, adjust", [("qwen2", {}),  # qwen3: the sampler kernel on penalized fp32 logits
+                                          ("qwen3", {"repetition_penalty": 1.3, "frequency_penalty": 0.5,
+                                                     "logit_bias": {40: 2.0}})])
+def test_forked_samples_match_torch(make_model, arch, adjust):
     path = make_model(arch, seed=12)
-    params = SamplingParams(temperature=0.8, seed=5, n=2, max_tokens=8)
+    params = SamplingParams(temperature=0.8, seed=5, n=2, max_tokens=8, **adjust)
     results = generate_both(path, [list(range(30, 49))], params)
     assert results["triton"][:2] == results["torch"][:2]
 

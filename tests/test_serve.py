@@ -162,7 +162,10 @@ BAD = [
     ("/v1/completions", {"prompt": "hi", "thinking_budget": "long"}, 400, "thinking_budget must be an integer"),
     ("/v1/completions", {"prompt": [5] * 1000, "max_tokens": 100}, 400, "leave 24 of the context's 1024"),
     ("/v1/chat/completions", {"messages": MESSAGES, "max_completion_tokens": 5000}, 400, "of the context's 1024"),
-    ("/v1/completions", {"prompt": "hi", "presence_penalty": 0.5}, 400, "presence_penalty=0.5 is not supported"),
+    ("/v1/completions", {"prompt": "hi", "presence_penalty": 2.5}, 400, "presence_penalty must be a number in [-2, 2]"),
+    ("/v1/completions", {"prompt": "hi", "logit_bias": {"x": 1}}, 400, "logit_bias keys must be token ids"),
+    ("/v1/completions", {"prompt": "hi", "logit_bias": {"60000": 1}}, 400, "logit_bias token ids [60000] are outside"),
+    ("/v1/completions", {"prompt": "hi", "tools": [{"type": "function"}]}, 400, "is not supported by this server"),
     ("/v1/completions", {"prompt": [5] * 2000}, 400, "the context holds 1024"),
     ("/v1/completions", {"prompt": [5] * 2000, "stream": True}, 400, "the context holds 1024"),
     ("/v1/completions", {"prompt": [10**9]}, 400, "outside the vocabulary"),
@@ -198,6 +201,10 @@ def test_a_bad_request_gets_a_clear_error_and_the_server_goes_on(server, path, b
     ({"prompt": "hi", "thinking_budget": {"min_tokens": 9, "max_tokens": 3}}, "thinking_budget"),
     ({"prompt": [5] * 2000}, "prompt"),
     ({"prompt": [5] * 1000, "max_tokens": 100}, "max_tokens"),
+    ({"prompt": "hi", "frequency_penalty": "high"}, "frequency_penalty"),
+    ({"prompt": "hi", "repetition_penalty": 0}, "repetition_penalty"),
+    ({"prompt": "hi", "logit_bias": {"5": 200}}, "logit_bias"),
+    ({"prompt": "hi", "logit_bias": {"60000": 1}}, "logit_bias"),
 ])
 def test_errors_name_the_field(server, body, param):
     status, answer = post(server, "/v1/completions", body)
@@ -227,7 +234,14 @@ def test_concurrent_requests_batch_and_each_equals_its_run_alone(server, s1_llm)
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_a_client_that_hangs_up_has_its_request_aborted(server, stream):
+def test_a_client_that_hangs_up_has_its_request_aborted(server, stream, monkeypatch):
+    step = server.llm.core.step
+
+    def slow_step():  # 1000 tokens take 10 s or more whatever the load, so the bound below is about the abort
+        time.sleep(0.01)
+        return step()
+
+    monkeypatch.setattr(server.llm.core, "step", slow_step)
     before = server.llm.stats()["num_computed_tokens"]
     conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
     conn.request("POST", "/v1/completions", json.dumps({"prompt": [5, 6, 7], "max_tokens": 1000, "ignore_eos": True,
@@ -652,3 +666,18 @@ def test_a_call_that_lands_after_the_engine_thread_took_its_stop_is_answered(mak
         assert not caller.is_alive() and "stopped" in str(errors.get(timeout=1))
         status, body = post(srv, "/tokenize", {"prompt": "hi"})
         assert status == 503
+
+
+def test_penalties_and_logit_bias_are_the_engines(server, s1_llm):
+    body = {"prompt": [5, 6, 7], "max_tokens": 12, "temperature": 0, "presence_penalty": 0.5, "frequency_penalty": 1,
+            "repetition_penalty": 1.3, "logit_bias": {"100": 4, "200": -3.5}}
+    status, answer = post(server, "/v1/completions", body)
+    params = SamplingParams(max_tokens=12, presence_penalty=0.5, frequency_penalty=1, repetition_penalty=1.3,
+                            logit_bias={100: 4, 200: -3.5})
+    out = s1_llm.generate([5, 6, 7], params, use_tqdm=False)[0]
+    assert status == 200 and answer["choices"][0]["text"] == out.text
+    assert out.token_ids != s1_llm.generate([5, 6, 7], SamplingParams(max_tokens=12), use_tqdm=False)[0].token_ids
+    chat = {"messages": MESSAGES, "max_tokens": 12, "temperature": 0, "frequency_penalty": 2}
+    status, answer = post(server, "/v1/chat/completions", chat)
+    expected = s1_llm.chat(MESSAGES, SamplingParams(max_tokens=12, frequency_penalty=2), use_tqdm=False)[0]
+    assert status == 200 and answer["choices"][0]["message"]["content"] == expected.text
