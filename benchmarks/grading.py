@@ -33,9 +33,15 @@ _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _ANSWER_LABEL = re.compile(r"answer\s*:", re.IGNORECASE)
 _TEXT_COMMAND = re.compile(r"^\\(?:text|textbf|mathrm|mbox)(?=\{)")
 _WORDS = re.compile(r"[A-Za-z][A-Za-z '\-]*[A-Za-z]")
+# a letter standing alone, as in "p - q" (symbols, not words); "a" and "I" may be words
+_LONE_SYMBOL = re.compile(r"(?<![A-Za-z'])[B-HJ-Zb-z](?![A-Za-z])")
+_STATED_LETTER = re.compile(r"(?i:\b(?:answer|option|choice)(?:\s+is)?)\s*:?\s*\(?([A-Z])\b")
+_LETTER_THEN_TEXT = re.compile(r"^\(?([A-Z])\)?[,:.]?\s+(.+)$")
 _LONE_LETTER = re.compile(r"^\(?([A-Z])\)?[.:]?$", re.IGNORECASE)
 _LEADING_LETTER = re.compile(r"^\(?([A-Z])[).:]\s")
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)")
+_DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", re.DOTALL)
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _MATH_DOLLAR = re.compile(r"(?<!\\)\$")  # a "$" that opens math, not an escaped dollar sign
 
 
@@ -53,13 +59,21 @@ def extract_answer(text: str, think_format: str = "s1") -> str | None:
     if (boxed := _last_boxed(region)) is not None:
         answer = boxed
     elif labels := list(_ANSWER_LABEL.finditer(region)):
-        after = region[labels[-1].end():].strip()
-        answer = after.splitlines()[0] if after else ""
+        answer = _labelled(region[labels[-1].end():])
     elif has_delimiter or "\n" not in region.strip():
         answer = region
     else:
         return None
     return _clean(answer) or None
+
+
+def _labelled(after: str) -> str:
+    """The answer after an `Answer:` label: the first display-math block of its paragraph (`$$...$$` or
+    `\\[...\\]`, often on the lines after the label), else the paragraph's first line."""
+    paragraph = after.strip().split("\n\n")[0]
+    if display := _DISPLAY_MATH.search(paragraph):
+        return next(group for group in display.groups() if group is not None)
+    return paragraph.splitlines()[0] if paragraph else ""
 
 
 def grade(output_text: str, reference: str, *, choices: Sequence[str] | None = None, think_format: str = "s1",
@@ -70,7 +84,7 @@ def grade(output_text: str, reference: str, *, choices: Sequence[str] | None = N
     if answer is None:
         return False
     if choices:
-        return _choice_letter(answer, choices) == _reference_letter(reference, choices)
+        return choice_letter(answer, choices) == _reference_letter(reference, choices)
     return equivalent(answer, reference, timeout_s=timeout_s)
 
 
@@ -120,8 +134,8 @@ def _clean(answer: str) -> str:
     answer = answer.strip().strip("*").strip()
     if answer.endswith(".") and not answer.endswith(".."):
         answer = answer[:-1].rstrip()
-    if len(answer) > 1 and answer.startswith("$") and answer.endswith("$"):
-        answer = answer.strip("$").strip()
+    if len(answer) > 1 and answer.startswith("$") and answer.endswith("$") and "$" not in answer.strip("$"):
+        answer = answer.strip("$").strip()  # one math span, not "$5$ or $7$"
     while (inner := _text_command_content(answer)) is not None:
         answer = inner.strip()
     return answer
@@ -140,10 +154,13 @@ def _normalized_text(answer: str) -> str:
 
 
 def _is_text(answer: str) -> bool:
-    return _WORDS.fullmatch(answer) is not None
+    """Words, as in "Evelyn" or "even number"; not an expression of one-letter symbols such as "p-q"."""
+    return _WORDS.fullmatch(answer) is not None and _LONE_SYMBOL.search(answer) is None
 
 
-def _choice_letter(answer: str, choices: Sequence[str]) -> str | None:
+def choice_letter(answer: str, choices: Sequence[str]) -> str | None:
+    """The option letter an extracted answer gives (a letter in any of its usual dresses, or an option's
+    text), or None."""
     valid = LETTERS[: len(choices)]
     for pattern in (_LONE_LETTER, _LEADING_LETTER):
         match = pattern.match(answer)
@@ -152,12 +169,18 @@ def _choice_letter(answer: str, choices: Sequence[str]) -> str | None:
     by_text = {_normalized_text(_clean(choice)): LETTERS[i] for i, choice in enumerate(choices)}
     if _normalized_text(answer) in by_text:
         return by_text[_normalized_text(answer)]
+    # "B Electron", "B, Electron": a letter, then that option's own text (else "A proton" would read as A)
+    if (match := _LETTER_THEN_TEXT.match(answer)) and by_text.get(_normalized_text(_clean(match.group(2)))) == match.group(1):
+        return match.group(1)
+    stated = [letter for letter in _STATED_LETTER.findall(answer) if letter in valid]  # "The answer is B", "Option B"
+    if stated:
+        return stated[-1]
     in_parens = [letter for letter in _PAREN_LETTER.findall(answer) if letter in valid]
     return in_parens[-1] if in_parens else None
 
 
 def _reference_letter(reference: str, choices: Sequence[str]) -> str:
-    letter = _choice_letter(_clean(reference), choices)
+    letter = choice_letter(_clean(reference), choices)
     if letter is None:
         raise ValueError(f"reference {reference!r} is neither an option letter A..{LETTERS[len(choices) - 1]} "
                          f"nor the text of one of the {len(choices)} choices")
@@ -169,8 +192,10 @@ def _math_verify(answer: str, reference: str) -> bool:
 
     # The worker's wall-clock limit replaces math-verify's own SIGALRM limits (None turns them off).
     gold = parse(_as_latex(reference), parsing_timeout=None)
-    # A box reads bare LaTeX ("\\frac{3}{4}"); the plain parse finds the answer in prose ("is $3$").
-    for prediction in (_as_latex(answer), answer):
+    # A box reads bare LaTeX ("\\frac{3}{4}"); the plain parse finds the answer in prose ("12 meters"), but it
+    # takes the last number it sees, so it is tried only on a text with one number ("5 or 7" is not 7).
+    plain = [answer] if len(_NUMBER.findall(answer)) <= 1 else []
+    for prediction in [_as_latex(answer), *plain]:
         if verify(gold, parse(prediction, parsing_timeout=None), timeout_seconds=None):
             return True
     return False

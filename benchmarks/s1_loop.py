@@ -9,7 +9,8 @@
 3. Fine-tune the default model on the selection (`python -m train.sft`), time-boxed by --max-steps.
 4. Run `python -m benchmarks.scaling` on the eval part before and after: budget caps and "Wait" extension.
 5. Print a markdown section (funnel, training curve, both scaling tables, commands, wall times).
-Every stage resumes: a rerun into the same --output skips what is finished.
+Every stage resumes: a rerun into the same --output skips what is finished (a rerun with other
+split, curation or training flags is refused).
 """
 import argparse
 import json
@@ -20,8 +21,9 @@ import time
 from pathlib import Path
 
 from benchmarks.evalsets import load_eval_set, write_eval_set
-from curate.decontaminate import eval_ngrams, word_ngrams
+from curate.decontaminate import EvalOverlap
 
+LOOP_FLAGS = ("eval_size", "select", "thinking_cap", "block_size", "epochs", "train_minutes", "seed")
 SFT_TOKENS_PER_S = 150  # measured for the default model on this CPU box (benchmarks/RESULTS.md: 175)
 
 
@@ -35,6 +37,21 @@ def run(cmd: list[str], log: list[str]) -> float:
     return seconds
 
 
+def claim_output(out: Path, args: argparse.Namespace) -> None:
+    """Record the flags that shape the split, the selection and the training in loop.json; a rerun into the
+    same dir with other ones is refused (the stages it skips would mix two runs: a fine-tuned model
+    trained on questions that a new split evaluates)."""
+    flags = {name: getattr(args, name) for name in LOOP_FLAGS}
+    record = out / "loop.json"
+    old = json.loads(record.read_text()) if record.exists() else flags
+    changed = sorted(k for k in flags if old.get(k) != flags[k])
+    if changed:
+        raise SystemExit(f"error: --output {out} holds a loop run made with other "
+                         + ", ".join(f"--{k.replace('_', '-')} ({old.get(k)}, now {flags[k]})" for k in changed)
+                         + "; rerun with the same flags or use another dir")
+    record.write_text(json.dumps(flags, indent=2) + "\n")
+
+
 def split_champ(out: Path, eval_size: int, seed: int) -> Path:
     items = load_eval_set("champ")
     chosen = random.Random(seed).sample(items, eval_size)
@@ -44,10 +61,10 @@ def split_champ(out: Path, eval_size: int, seed: int) -> Path:
 
 
 def check_decontaminated(selected: Path, eval_path: Path) -> int:
-    """Selected questions sharing an 8-gram with the eval part (must be 0)."""
-    eval_grams = eval_ngrams(item.question for item in load_eval_set(str(eval_path)))
+    """Selected questions that overlap the eval part as decontamination defines it (must be 0)."""
+    overlap = EvalOverlap(item.question for item in load_eval_set(str(eval_path)))
     rows = [json.loads(line) for line in selected.read_text().splitlines() if line.strip()]
-    return sum(bool(word_ngrams(row["question"]) & eval_grams) for row in rows)
+    return sum(overlap.hits(row["question"]) for row in rows)
 
 
 def training_curve(log_path: Path) -> list[str]:
@@ -75,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
+    claim_output(out, args)
     log: list[str] = []
 
     eval_path = split_champ(out, args.eval_size, args.seed)

@@ -5,6 +5,7 @@ scaling.png (accuracy against average thinking tokens, one line per method) and,
 parallel.png. Rerunning into the same --output resumes: finished (question, setting) pairs are not redone.
 """
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -123,11 +124,15 @@ RESULT_FLAGS = ("model", "data", "limit", "think_format", "system", "max_tokens"
                 "max_tries", "scorer")
 
 
-def claim_output(args: argparse.Namespace) -> Path:
-    """The output dir, holding run.json with the flags that shape samples; resuming with other flags would mix
-    incomparable samples, so it is refused (methods and settings may change: they have files of their own)."""
+def claim_output(args: argparse.Namespace, items: list[EvalItem], llm: LLM) -> Path:
+    """The output dir, holding run.json with what shapes samples: the flags, the questions themselves (a
+    digest: a data file edited in place is another set) and the engine's device and dtype; resuming with
+    other ones would mix incomparable samples, so it is refused (methods and settings may change: they have
+    files of their own)."""
     out = Path(args.output)
-    flags = {name: getattr(args, name) for name in RESULT_FLAGS}
+    questions = json.dumps([[i.id, i.question, i.answer, i.choices] for i in items])
+    flags = {**{name: getattr(args, name) for name in RESULT_FLAGS}, "device": llm.device.type,
+             "dtype": str(llm.dtype).removeprefix("torch."), "questions_sha256": hashlib.sha256(questions.encode()).hexdigest()}
     record = out / "run.json"
     old = json.loads(record.read_text()) if record.exists() else flags
     changed = sorted(k for k in flags if old.get(k) != flags[k])
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.sample_temperature, args.seed)
         for sampled in (False, True):  # bad sampling or budget flags fail here, not mid-run
             h.params(h.prompt(items[0]), items[0], h.budget(None, num_ignore=1), sampled=sampled)
-        out = claim_output(args)
+        out = claim_output(args, items, llm)
     except (ValueError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@ import zlib
 from dataclasses import dataclass, replace
 
 from benchmarks.evalsets import EvalItem, prompt_text
-from benchmarks.grading import extract_answer, grade
+from benchmarks.grading import choice_letter, extract_answer, grade
 from engine import LLM, Output, SamplingParams, ThinkingBudget
 from engine.tokenizer import get_think_format
 
@@ -59,10 +59,18 @@ class Harness:
         return self.llm.chat_prompt(messages, SamplingParams(budget=ThinkingBudget(), think_format=self.think_format))
 
     def auto_cap(self, prompt: list[int]) -> int:
-        """s1's "auto" thinking cap: context - prompt - delimiters - 100."""
+        """s1's "auto" thinking cap: the continuation's room (context - prompt, or max_tokens when less) -
+        delimiters - 100 (or max_answer_tokens when less), so that a run without a cap still ends thinking
+        and answers."""
         spliced = self.llm.budget_tokens(SamplingParams(budget=self.budget(None), think_format=self.think_format))
-        room = self.llm.max_model_len - len(prompt) - len(spliced.delimiter) - len(spliced.final_answer)
-        return max(0, room - AUTO_ANSWER_ROOM)
+        room = self.room(prompt) - len(spliced.delimiter) - len(spliced.final_answer)
+        answer = AUTO_ANSWER_ROOM if self.max_answer_tokens is None else min(AUTO_ANSWER_ROOM, self.max_answer_tokens)
+        return max(0, room - answer)
+
+    def room(self, prompt: list[int]) -> int:
+        """Tokens a continuation of this prompt may take: the context left, or max_tokens when less."""
+        left = self.llm.max_model_len - len(prompt)
+        return left if self.max_tokens is None else min(self.max_tokens, left)
 
     def budget(self, max_tokens: int | None, num_ignore: int = 0) -> ThinkingBudget:
         return ThinkingBudget(max_tokens=max_tokens, num_ignore=num_ignore, ignore_str=self.ignore_str,
@@ -71,11 +79,9 @@ class Harness:
     def params(self, prompt: list[int], item: EvalItem, budget: ThinkingBudget | None = None,
                sampled: bool = False, **overrides) -> SamplingParams:
         """Params for one prompt: the harness's sampling (or its sampling temperature), seeded per question."""
-        room = self.llm.max_model_len - len(prompt)
-        max_tokens = room if self.max_tokens is None else min(self.max_tokens, room)
         return SamplingParams(
             temperature=self.sample_temperature if sampled else self.temperature, top_p=self.top_p,
-            top_k=self.top_k, max_tokens=max(1, max_tokens), seed=self.question_seed(item), budget=budget,
+            top_k=self.top_k, max_tokens=max(1, self.room(prompt)), seed=self.question_seed(item), budget=budget,
             think_format=self.think_format, **overrides)
 
     def question_seed(self, item: EvalItem) -> int:
@@ -89,6 +95,8 @@ class Harness:
             "id": item.id, "question": item.question, "reference": item.answer, "output": sample.text,
             "thinking_text": sample.thinking_text, "answer_text": sample.answer_text,
             "extracted_answer": extracted,
+            # what a majority vote counts: the option letter of a multiple-choice answer
+            "vote": choice_letter(extracted, item.choices) if item.choices and extracted is not None else extracted,
             "correct": grade(sample.text, item.answer, choices=item.choices, think_format=self.think_format),
             "thinking_tokens": sample.thinking_tokens, "answer_tokens": sample.answer_tokens,
             "ignores_used": sample.ignores_used, "finish_reason": sample.finish_reason,

@@ -4,8 +4,12 @@ import json
 from pathlib import Path
 
 from benchmarks import metrics
+from benchmarks.grading import equivalent
 from benchmarks.scaling_log import read_rows
 from benchmarks.scaling_methods import Method, ParallelSampling
+
+
+CORRECT_VOTE = "\0correct"  # every correct answer's vote: they all equal the reference
 
 
 def samples_path(out: Path, method: str, setting: str) -> Path:
@@ -49,7 +53,7 @@ def parallel_runs(name: str, rows: list[dict]) -> list[dict]:
     groups = [sorted(g, key=lambda r: r["sample_index"]) for g in questions.values()]
     n = len(groups[0])
     correct = [[r["correct"] for r in g] for g in groups]
-    answers = [[r["extracted_answer"] for r in g] for g in groups]
+    answers = [vote_keys(g) for g in groups]
     thinking = sum(r["thinking_tokens"] for r in rows) / len(groups) / n
     total = sum(r["thinking_tokens"] + r["answer_tokens"] for r in rows) / len(groups) / n
     runs = []
@@ -64,12 +68,30 @@ def parallel_runs(name: str, rows: list[dict]) -> list[dict]:
     return runs
 
 
+def vote_keys(rows: list[dict]) -> list[str | None]:
+    """One question's samples as maj@k counts their answers: the correct ones as one answer (each equals
+    the reference), a wrong one as the first earlier wrong one it is equivalent to ("0.75" and
+    "\\frac{3}{4}" are one vote); None for no answer."""
+    keys, wrong = [], []
+    for r in rows:
+        vote = r["vote"]
+        if vote is None or r["correct"]:
+            keys.append(None if vote is None else CORRECT_VOTE)
+            continue
+        same = next((w for w in wrong if w == vote or equivalent(w, vote)), None)
+        if same is None:
+            wrong.append(same := vote)
+        keys.append(same)
+    return keys
+
+
 def best_of(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: r["score"])  # max keeps the first of equal scores
 
 
 def method_metrics(runs: list[dict]) -> dict:
-    """Control (share of runs within their own bound; None when the method sets none), Scaling, Performance."""
+    """Control (share of runs within their own bound; None when the method sets none), Scaling (over the runs
+    that thought: log2 of 0 tokens is undefined), Performance."""
     xs, fs = [r["avg_thinking_tokens"] for r in runs], [r["accuracy"] for r in runs]
     bounded = [r for r in runs if r["bound"] is not None]
     control = None
@@ -77,9 +99,10 @@ def method_metrics(runs: list[dict]) -> dict:
         within = [metrics.control([r["avg_steps" if r["bound_on"] == "steps" else "avg_thinking_tokens"]],
                                   a_max=r["bound"]) for r in bounded]
         control = sum(within) / len(within)
+    thought = [(x, f) for x, f in zip(xs, fs) if x > 0]  # a run that never thought has no log2 (a cap of 0)
     try:
-        scaling = metrics.scaling(xs, fs)
-    except ValueError:  # one run, equal compute everywhere, or a run that never thought
+        scaling = metrics.scaling([x for x, _ in thought], [f for _, f in thought])
+    except ValueError:  # fewer than two runs that thought, or equal compute everywhere
         scaling = None
     return {"control": control, "scaling": scaling, "performance": metrics.performance(fs)}
 

@@ -59,7 +59,7 @@ def _reference_solution(problem) -> str:
 
 
 GRADE_TIMEOUT_S = 2.0  # some symbolic answers ("(2n)!/(2^n*n!)") take sympy longer; those count as not equal
-RULE_VERSION = 2  # bump when the rule changes, so a cached pool built by the old rule is not reused
+RULE_VERSION = 3  # bump when the rule or the grader changes, so a cached pool built by the old one is not reused
 
 
 def champ_cache_path() -> Path:

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from curate.decontaminate import decontaminate, word_ngrams
+from curate.decontaminate import decontaminate
 from curate.diversity import select_diverse
 from curate.domain import assign_domains, champ_accuracy, classify_msc
 from curate.funnel import funnel_table
@@ -47,17 +47,21 @@ def test_quality_drops_each_defect_for_its_reason():
 
 
 def test_decontamination_catches_one_shared_8gram_case_and_whitespace_blind():
-    evals = ["Find the number of ordered pairs of positive integers (a, b) with a + b = 1000 and no zero digit."]
+    evals = ["Find the number of ordered pairs of positive integers (a, b) with a + b = 1000 and no zero digit.",
+             "Simplify $\\frac{6}{8}$."]  # two words, as MATH-500 has them
     rows = [
         row("copied", "Let N be THE NUMBER of ordered\n pairs   of positive integers (a, b) with a+b=77."),
         row("seven", "Count the number of ordered pairs of positive reals with a product of 5."),
         row("other", "How many primes are less than 100?"),
+        row("holds_short", "Problem 4. Simplify   $\\frac{6}{8}$."),
+        row("holds_short_long", "Here is one more exercise for you to do: simplify $\\frac{6}{8}$. Show steps."),
+        row("held", "positive integers (a, b) with"),  # shorter than 8 words, held whole by an eval question
+        row("near_short", "Simplify $\\frac{6}{9}$."),
     ]
-    assert len(word_ngrams("one two three")) == 1  # a short text is one n-gram of itself
     result = decontaminate(rows, evals)
-    assert [r.id for r in result.dropped] == ["copied"]  # 'the number of ordered pairs of positive integers'
-    assert [r.id for r in result.kept] == ["seven", "other"]  # shares 7 words only
-    assert result.dropped[0].drop_reason == "shares_8gram_with_eval"
+    assert [r.id for r in result.dropped] == ["copied", "holds_short", "holds_short_long", "held"]
+    assert [r.id for r in result.kept] == ["seven", "other", "near_short"]  # "seven" shares 7 words only
+    assert {r.drop_reason for r in result.dropped} == {"shares_8gram_with_eval"}
 
 
 def ranked_pool(domains: dict[str, int]) -> list[PoolRow]:

@@ -71,6 +71,17 @@ MATH_PAIRS = [
     ("(4, 3)", "(3,4)", False),
     ("25", "24", False),
     ("-7", "7", False),
+    # expressions of one-letter symbols are math, not text; words with "a" or an apostrophe stay text
+    ("p-q", "p - q", True),
+    ("a-b", "a - b", True),
+    ("p-q", "q-p", False),
+    ("Evelyn's", "evelyn's", True),
+    ("a square", "A square", True),
+    # prose: the plain parse reads a text with one number only
+    ("5 or 7", "7", False),
+    ("x = 5, y = 7", "7", False),
+    ("$5$ or $7$", "7", False),
+    ("$$7$$", "7", True),
 ]
 
 OUTPUT_PAIRS = [
@@ -86,6 +97,12 @@ OUTPUT_PAIRS = [
     (S1_ANSWER + "Answer:\n\n10", "10", True),
     (S1_ANSWER + "**Final Answer:** 15", "15", True),
     (S1_ANSWER + "The answer is $\\frac{3}{4}$.", "0.75", True),
+    # display math on the lines after the label
+    (S1_ANSWER + "Final Answer:\n$$\n\\frac{3}{4}\n$$", "\\frac{3}{4}", True),
+    (S1_ANSWER + "Final Answer:\n\\[\n\\frac{3}{4}\n\\]", "0.75", True),
+    (S1_ANSWER + "Final Answer: The probability is\n$$\\frac34$$", "\\frac{3}{4}", True),
+    (S1_ANSWER + "Final Answer: 5\n\n$$7$$", "5", True),  # display math of a later paragraph is not the answer
+    ("Let me compute 2+2=4, then multiply by 6 to get 24, hmm but maybe", "24", False),  # cut-off thinking
 ]
 
 
@@ -116,6 +133,13 @@ CHOICE_PAIRS = [
     ("Proton", "B", False),
     ("E", "B", False),  # not an option of four
     ("(B)", "Electron", True),  # a reference given as the option's text
+    ("The answer is B", "B", True),
+    ("The correct answer is B.", "B", True),
+    ("Option B", "B", True),
+    ("B Electron", "B", True),
+    ("B, Electron", "B", True),
+    ("A proton", "A", False),  # an article, not option A
+    ("The answer is a proton", "A", False),
 ]
 
 

@@ -94,8 +94,17 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny, reference, tmp_
 def test_a_used_output_dir_needs_resume_and_the_same_plan(tiny, reference):
     with pytest.raises(ValueError, match="holds checkpoint step-00000010 of an earlier run; pass --resume"):
         prepare(parse_args(sft_args(*tiny, reference, **RUN)), world_size=1)
-    with pytest.raises(ValueError, match="cannot resume: .*'lr': 0.02.*'lr': 0.001"):
+    with pytest.raises(ValueError, match=r"cannot resume: .* was made with other lr \(0.02, now 0.001\)$"):
         prepare(parse_args(sft_args(*tiny, reference, **{**RUN, "lr": 1e-3}, resume=True)), world_size=1)
+    # the optimizer's saved weight decay would silently win over a new one; a new clip norm would take over mid-run
+    with pytest.raises(ValueError, match=r"other max_grad_norm \(1.0, now 50.0\), weight_decay \(0.0001, now 0.1\)$"):
+        prepare(parse_args(sft_args(*tiny, reference, **RUN, weight_decay=0.1, max_grad_norm=50, resume=True)),
+                world_size=1)
+    model, data = tiny
+    reordered = reference.parent / "reordered.jsonl"  # the same samples and tokens, in another order
+    reordered.write_text("".join(reversed(data.read_text().splitlines(keepends=True))))
+    with pytest.raises(ValueError, match=r"other data_sha256 \('[0-9a-f]{64}', now '[0-9a-f]{64}'\)$"):
+        prepare(parse_args(sft_args(model, reordered, reference, **RUN, resume=True)), world_size=1)
 
 
 def test_activation_checkpointing_matches(tiny, reference, tmp_path):

@@ -5,6 +5,7 @@
 Writes <output-dir>/model (HF format), <output-dir>/train_log.jsonl, and <output-dir>/checkpoints/step-N.
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -284,8 +285,10 @@ def prepare(cfg: TrainConfig, world_size: int, log: Callable[[str], None] = prin
             raise ValueError(f"{cfg.output_dir} holds checkpoint {checkpoint.name} of an earlier run; pass --resume "
                              "to continue it or choose another --output-dir")
         saved = read_train_state(checkpoint)["signature"]
-        if saved != signature:
-            raise ValueError(f"cannot resume: {checkpoint} was made with {saved}, this run has {signature}")
+        changed = sorted(k for k in saved.keys() | signature.keys() if saved.get(k) != signature.get(k))
+        if changed:
+            raise ValueError(f"cannot resume: {checkpoint} was made with other "
+                             + ", ".join(f"{k} ({saved.get(k)!r}, now {signature.get(k)!r})" for k in changed))
     return Setup(tokenizer, dataset, plan, signature, checkpoint)
 
 
@@ -364,10 +367,16 @@ def build_plan(dataset: Dataset, cfg: TrainConfig) -> Plan:
 
 
 def plan_signature(cfg: TrainConfig, dataset: Dataset) -> dict:
-    """What fixes the data order and the schedule; a checkpoint resumes only a run with the same."""
-    keys = ("think_format", "block_size", "epochs", "global_batch_size", "lr", "warmup_ratio", "seed", "pack")
-    return {**{k: asdict(cfg)[k] for k in keys}, "num_samples": len(dataset.samples),
-            "num_tokens": sum(len(s) for s in dataset.samples)}
+    """What fixes the model, the data and its order, the schedule and the update; a checkpoint resumes only a
+    run with the same (a resumed optimizer would keep its saved weight decay whatever the flags say)."""
+    keys = ("think_format", "block_size", "epochs", "global_batch_size", "lr", "weight_decay", "warmup_ratio",
+            "max_grad_norm", "seed", "pack", "dtype")
+    digest = hashlib.sha256()
+    for sample in dataset.samples:
+        digest.update(json.dumps([sample.input_ids, sample.loss_mask]).encode())
+    return {**{k: asdict(cfg)[k] for k in keys}, "model": str(model_dir(cfg).resolve()),
+            "num_samples": len(dataset.samples), "num_tokens": sum(len(s) for s in dataset.samples),
+            "data_sha256": digest.hexdigest()}
 
 
 def truncate_log(path: Path, last_step: int) -> None:
