@@ -32,7 +32,7 @@ format's think-start string appended, and the returned text starts with it (s1 r
 thinking_start + thinking + delimiter + answer). Also read: `until` (stop strings; they apply to the answer
 only, never inside thinking, unlike s1's fork, which also stops thinking on them), `max_gen_toks` (caps the
 whole continuation), `temperature`, `do_sample` (False: greedy; True without a temperature: 1.0), `top_p`,
-`top_k`, `seed`. Any other key raises, naming it (s1's rejection_sample, temperature_thinking and
+`top_k`, `seed`, `repetition_penalty`, `presence_penalty`, `frequency_penalty`. Any other key raises, naming it (s1's rejection_sample, temperature_thinking and
 scale_func_name are not supported). Requests with the same context and gen_kwargs (lm_eval's
 `repeats`) run as one engine request with SamplingParams(n=k), sharing the prompt's KV.
 
@@ -65,7 +65,9 @@ logger = logging.getLogger(__name__)
 NAME = "s1engine"
 THINKING_KEYS = {"max_tokens_thinking", "min_tokens_thinking", "thinking_n_ignore", "thinking_n_ignore_str",
                  "thinking_start", "thinking_end", "until_thinking"}
-SAMPLING_KEYS = {"until", "max_gen_toks", "temperature", "do_sample", "top_p", "top_k", "seed", "final_answer_str"}
+PENALTY_KEYS = ("repetition_penalty", "presence_penalty", "frequency_penalty")
+SAMPLING_KEYS = {"until", "max_gen_toks", "temperature", "do_sample", "top_p", "top_k", "seed", "final_answer_str",
+                 *PENALTY_KEYS}
 # engine.LLM's own keyword arguments, passed through from model_args
 ENGINE_ARGS = {"max_num_seqs", "block_size", "num_blocks", "max_num_batched_tokens", "enable_prefix_caching"}
 SCORE_BATCH = 64  # loglikelihood pairs scored together (one progress-bar step each)
@@ -236,7 +238,8 @@ class S1EngineLM(TemplateLM):
             temperature=temperature, top_p=float(kwargs.get("top_p", 1.0)),
             top_k=_int_arg("top_k", kwargs.get("top_k", 0), minimum=0),
             seed=None if kwargs.get("seed") is None else _int_arg("seed", kwargs["seed"], minimum=0),
-            max_tokens=max_tokens, stop=[s for s in stop if s] or None, think_format=self.think_format, n=n)
+            max_tokens=max_tokens, stop=[s for s in stop if s] or None, think_format=self.think_format, n=n,
+            **{key: float(kwargs[key]) for key in PENALTY_KEYS if key in kwargs})
         if use_budget:
             sp = replace(sp, budget=self._budget(kwargs, fmt, sp, len(prompt)))
         return prompt, sp, start

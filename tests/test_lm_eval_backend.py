@@ -212,3 +212,8 @@ def test_bad_model_args_and_gen_kwargs_raise_clearly(lm, model_dir):
     # no thinking key: plain greedy generation, no budget, nothing put before the text
     plain = lm.llm.generate("Q: 1+1?\nA:", SamplingParams(max_tokens=4), use_tqdm=False)[0]
     assert plain.num_thinking_tokens == 0 and generate(max_gen_toks=4) == [plain.text]
+    penalized = lm.llm.generate("Q: 1+1?\nA:", SamplingParams(max_tokens=8, repetition_penalty=1.5, frequency_penalty=1),
+                                use_tqdm=False)[0]
+    assert generate(max_gen_toks=8, repetition_penalty="1.5", frequency_penalty=1) == [penalized.text]
+    with pytest.raises(ValueError, match="presence_penalty must be a number in"):
+        generate(presence_penalty=5)
