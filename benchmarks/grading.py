@@ -41,7 +41,9 @@ _LONE_LETTER = re.compile(r"^\(?([A-Z])\)?[.:]?$", re.IGNORECASE)
 _LEADING_LETTER = re.compile(r"^\(?([A-Z])[).:]\s")
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)")
 _DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", re.DOTALL)
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# numbers offered as alternatives: "5 or 7", "$5$ and $7$", "x = 5, y = 7"
+_ALTERNATIVES = re.compile(r"\d[^\d\n]{0,12}?\b(?:or|and)\b[^\d\n]{0,12}?\d|=[^=]*,[^=]*=")
+_MATH_ON_LINE = re.compile(r"[\d$\\=^]")
 _MATH_DOLLAR = re.compile(r"(?<!\\)\$")  # a "$" that opens math, not an escaped dollar sign
 
 
@@ -68,12 +70,14 @@ def extract_answer(text: str, think_format: str = "s1") -> str | None:
 
 
 def _labelled(after: str) -> str:
-    """The answer after an `Answer:` label: the first display-math block of its paragraph (`$$...$$` or
-    `\\[...\\]`, often on the lines after the label), else the paragraph's first line."""
+    """The answer after an `Answer:` label: its line, unless that line holds no math of its own ("", "The
+    probability is"): then the first display-math block of its paragraph (`$$...$$` or `\\[...\\]`)."""
     paragraph = after.strip().split("\n\n")[0]
-    if display := _DISPLAY_MATH.search(paragraph):
+    line = paragraph.splitlines()[0] if paragraph else ""
+    display = _DISPLAY_MATH.search(paragraph)
+    if display and (line.startswith(("$$", "\\[")) or not _MATH_ON_LINE.search(line)):
         return next(group for group in display.groups() if group is not None)
-    return paragraph.splitlines()[0] if paragraph else ""
+    return line
 
 
 def grade(output_text: str, reference: str, *, choices: Sequence[str] | None = None, think_format: str = "s1",
@@ -172,11 +176,11 @@ def choice_letter(answer: str, choices: Sequence[str]) -> str | None:
     # "B Electron", "B, Electron": a letter, then that option's own text (else "A proton" would read as A)
     if (match := _LETTER_THEN_TEXT.match(answer)) and by_text.get(_normalized_text(_clean(match.group(2)))) == match.group(1):
         return match.group(1)
-    stated = [letter for letter in _STATED_LETTER.findall(answer) if letter in valid]  # "The answer is B", "Option B"
-    if stated:
-        return stated[-1]
     in_parens = [letter for letter in _PAREN_LETTER.findall(answer) if letter in valid]
-    return in_parens[-1] if in_parens else None
+    if in_parens:  # "(C), since option A ignores spin": the letter in parentheses is the one given
+        return in_parens[-1]
+    stated = [letter for letter in _STATED_LETTER.findall(answer) if letter in valid]  # "The answer is B", "Option B"
+    return stated[-1] if stated else None
 
 
 def _reference_letter(reference: str, choices: Sequence[str]) -> str:
@@ -192,9 +196,9 @@ def _math_verify(answer: str, reference: str) -> bool:
 
     # The worker's wall-clock limit replaces math-verify's own SIGALRM limits (None turns them off).
     gold = parse(_as_latex(reference), parsing_timeout=None)
-    # A box reads bare LaTeX ("\\frac{3}{4}"); the plain parse finds the answer in prose ("12 meters"), but it
-    # takes the last number it sees, so it is tried only on a text with one number ("5 or 7" is not 7).
-    plain = [answer] if len(_NUMBER.findall(answer)) <= 1 else []
+    # A box reads bare LaTeX ("\\frac{3}{4}"); the plain parse finds the answer in prose ("12 cm^2"), but it
+    # takes the last number it sees, so it is not tried on alternatives ("5 or 7" is not 7).
+    plain = [] if _ALTERNATIVES.search(answer) else [answer]
     for prediction in [_as_latex(answer), *plain]:
         if verify(gold, parse(prediction, parsing_timeout=None), timeout_seconds=None):
             return True

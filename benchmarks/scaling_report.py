@@ -70,18 +70,20 @@ def parallel_runs(name: str, rows: list[dict]) -> list[dict]:
 
 def vote_keys(rows: list[dict]) -> list[str | None]:
     """One question's samples as maj@k counts their answers: the correct ones as one answer (each equals
-    the reference), a wrong one as the first earlier wrong one it is equivalent to ("0.75" and
-    "\\frac{3}{4}" are one vote); None for no answer."""
-    keys, wrong = [], []
+    the reference), a wrong one with the first earlier class of wrong ones it is equivalent to, every
+    member ("0.75" and "\\frac{3}{4}" are one vote; equivalence is not transitive: "50\\%" equals
+    both "50" and "0.5", which differ); None for no answer."""
+    keys, classes = [], []
     for r in rows:
         vote = r["vote"]
         if vote is None or r["correct"]:
             keys.append(None if vote is None else CORRECT_VOTE)
             continue
-        same = next((w for w in wrong if w == vote or equivalent(w, vote)), None)
-        if same is None:
-            wrong.append(same := vote)
-        keys.append(same)
+        home = next((c for c in classes if all(m == vote or equivalent(m, vote) for m in c)), None)
+        if home is None:
+            classes.append(home := [])
+        home.append(vote)
+        keys.append(home[0])
     return keys
 
 

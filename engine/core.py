@@ -145,10 +145,9 @@ class EngineCore:
             logits = logits[rows]
         logprob_entries = {i: self._logprob_entry(logits[i], s.params.logprobs)
                            for i, s in enumerate(expanded) if s.params.logprobs is not None}
-        params = [s.params for s in expanded]
         tokens = self.sampler(
-            penalize(logits, params, [(s.token_ids, s.num_prompt_tokens) for s in expanded]),
-            params,
+            penalize(logits, expanded),
+            [s.params for s in expanded],
             [s.generator for s in expanded],
             [s.budget.masked_ids(s.num_output_tokens) if s.budget else frozenset() for s in expanded],
         )
@@ -201,6 +200,8 @@ class EngineCore:
             changed, kept = seq.budget.accept(seq.output, token)
             _mirror(seq)
         seq.num_cached_tokens = min(seq.num_cached_tokens, seq.num_prompt_tokens + changed)
+        if seq.token_counts is not None and seq.token_counts.counted > seq.num_prompt_tokens + changed:
+            seq.token_counts = None  # the edit reached counted tokens: count them again
         if seq.logprobs is not None:
             del seq.logprobs[changed:]
             if kept:
@@ -278,6 +279,7 @@ class EngineCore:
             cumulative_logprob=parent.cumulative_logprob,
             prompt_logprobs=None if parent.prompt_logprobs is None else list(parent.prompt_logprobs),
             prompt_logprobs_from=parent.prompt_logprobs_from,
+            token_counts=None if parent.token_counts is None else parent.token_counts.copy(),
         )
         if seed is None:
             child.settings = {k: parent.settings.pop(k) for k in settings}

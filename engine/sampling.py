@@ -81,8 +81,10 @@ class SamplingParams:
             value = getattr(self, name)
             if not _is_number(value) or not -2 <= value <= 2:
                 raise ValueError(f"{name} must be a number in [-2, 2], got {value!r}")
-        if not _is_number(self.repetition_penalty) or not 0 < self.repetition_penalty < math.inf:
-            raise ValueError(f"repetition_penalty must be a positive finite number (1: none), got {self.repetition_penalty!r}")
+        fp32 = torch.finfo(torch.float32)  # logits are adjusted in fp32
+        if not _is_number(self.repetition_penalty) or not fp32.tiny <= self.repetition_penalty <= fp32.max:
+            raise ValueError(f"repetition_penalty must be a positive number in fp32's normal range (1: none), "
+                             f"got {self.repetition_penalty!r}")
         if self.logit_bias is not None:
             if not isinstance(self.logit_bias, dict):
                 raise TypeError(f"logit_bias must be a dict of token id -> bias, got {type(self.logit_bias).__name__}")

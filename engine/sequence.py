@@ -5,6 +5,7 @@ from enum import Enum
 import torch
 
 from engine.budget import BudgetState, Phase
+from engine.penalties import TokenCounts
 from engine.sampling import SamplingParams
 
 
@@ -68,6 +69,7 @@ class Sequence:
     finish_reason: str | None = None
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     error: str | None = None
+    token_counts: TokenCounts | None = None  # for penalties (engine.penalties), made at its first penalized step
 
     def __len__(self) -> int:
         return len(self.token_ids)

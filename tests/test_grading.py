@@ -102,7 +102,14 @@ OUTPUT_PAIRS = [
     (S1_ANSWER + "Final Answer:\n\\[\n\\frac{3}{4}\n\\]", "0.75", True),
     (S1_ANSWER + "Final Answer: The probability is\n$$\\frac34$$", "\\frac{3}{4}", True),
     (S1_ANSWER + "Final Answer: 5\n\n$$7$$", "5", True),  # display math of a later paragraph is not the answer
-    ("Let me compute 2+2=4, then multiply by 6 to get 24, hmm but maybe", "24", False),  # cut-off thinking
+    (S1_ANSWER + "Answer: 5\n$$2x+3=13$$", "5", True),  # the label's line has the answer: not the display
+    (S1_ANSWER + "Answer: x = 5\n$$x^2 = 25$$", "5", True),
+    # prose with other numbers than the answer's, but no alternatives
+    (S1_ANSWER + "Answer: 12 cm^2", "12", True),
+    (S1_ANSWER + "Final Answer: 9.8 m/s^2", "9.8", True),
+    (S1_ANSWER + "Answer: the 2nd one, 17", "17", True),
+    (S1_ANSWER + "Final Answer: The answer is 42 since 6 times 7 is 42", "42", True),
+    (S1_ANSWER + "Answer: The answer is 7 (from 3+4).", "7", True),
 ]
 
 
@@ -140,6 +147,9 @@ CHOICE_PAIRS = [
     ("B, Electron", "B", True),
     ("A proton", "A", False),  # an article, not option A
     ("The answer is a proton", "A", False),
+    ("The correct choice is (C), since option A ignores spin", "C", True),  # parentheses over a rejected option
+    ("Not option A, but (C)", "C", True),
+    ("Option A and B fail, so (D)", "D", True),
 ]
 
 

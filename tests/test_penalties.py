@@ -7,7 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
 from engine import LLM, SamplingParams, ThinkingBudget
+from engine import core, penalties
 from engine.penalties import penalize
+from engine.sequence import Sequence
 from tests.test_generate_hf import prompts_of
 
 
@@ -26,10 +28,14 @@ def loop_reference(logits: torch.Tensor, params: list[SamplingParams], histories
     return out
 
 
-def test_penalize_equals_a_plain_loop_and_leaves_other_rows_alone():
+def seqs_of(params, histories):
+    return [Sequence(i, list(tokens), num_prompt, p, torch.Generator())
+            for i, (p, (tokens, num_prompt)) in enumerate(zip(params, histories))]
+
+
+def test_penalize_equals_a_plain_loop_step_after_step_and_leaves_other_rows_alone():
     gen = torch.Generator().manual_seed(7)
     vocab, width = 50, 56  # padded columns past the vocabulary
-    logits = torch.randn(6, width, generator=gen) * 3
     params = [
         SamplingParams(),
         SamplingParams(repetition_penalty=1.7),
@@ -42,13 +48,44 @@ def test_penalize_equals_a_plain_loop_and_leaves_other_rows_alone():
     for row in range(6):
         tokens = torch.randint(0, vocab, (int(torch.randint(1, 40, (), generator=gen)),), generator=gen).tolist()
         histories.append((tokens, int(torch.randint(0, len(tokens) + 1, (), generator=gen))))
-    out = penalize(logits, params, histories)
-    assert out.dtype == torch.float32 and out.data_ptr() != logits.data_ptr()
-    torch.testing.assert_close(out.double(), loop_reference(logits, params, histories), rtol=1e-6, atol=1e-5)
-    assert torch.equal(out[[0, 5]], logits[[0, 5]])
-    assert penalize(logits, [params[0], params[5]], histories[:2]) is logits  # nothing to adjust: no copy
-    half = penalize(logits.half(), params, histories)  # half logits are adjusted in fp32, not rounded back
-    torch.testing.assert_close(half.double(), loop_reference(logits.half().float(), params, histories), rtol=1e-6, atol=1e-5)
+    seqs = seqs_of(params, histories)
+    for step in range(4):  # counts kept across steps take each step's new tokens
+        logits = torch.randn(6, width, generator=gen) * 3
+        logits[1, 5] = 0.0  # a zero logit stays zero under the repetition penalty
+        seqs[1].token_ids.append(5)
+        out = penalize(logits, seqs)
+        assert out.dtype == torch.float32 and out.data_ptr() != logits.data_ptr()
+        now = [(s.token_ids, s.num_prompt_tokens) for s in seqs]
+        torch.testing.assert_close(out.double(), loop_reference(logits, params, now), rtol=1e-6, atol=1e-5)
+        assert torch.equal(out[[0, 5]], logits[[0, 5]]) and out[1, 5] == 0
+        for seq in seqs:
+            seq.token_ids.extend(torch.randint(0, vocab, (step,), generator=gen).tolist())
+    assert penalize(logits, [seqs[0], seqs[5]]) is logits  # nothing to adjust: no copy
+    half = penalize(logits.half(), seqs)  # half logits are adjusted in fp32, not rounded back
+    now = [(s.token_ids, s.num_prompt_tokens) for s in seqs]
+    torch.testing.assert_close(half.double(), loop_reference(logits.half().float(), params, now), rtol=1e-6, atol=1e-5)
+
+
+def test_counts_follow_budget_edits_of_counted_tokens(r1_llm, monkeypatch):
+    """r1's end of thinking is spelled over four tokens, already counted when the last completes it; the
+    budget then replaces them with "Wait": the counts must forget them. Against counting from scratch."""
+    llm = r1_llm
+    budget = ThinkingBudget(min_tokens=24, max_tokens=40, final_answer_str="Final Answer:")
+    params = SamplingParams(max_tokens=60, think_format="r1", budget=budget, repetition_penalty=1.3,
+                            frequency_penalty=0.4, logit_bias={7: 1.5})
+    prompt = llm.chat_prompt([{"role": "user", "content": "think"}], params)
+    kept = llm.generate([prompt, prompt[:-3] + prompt[-2:]], params, use_tqdm=False)
+    assert any(o.num_ignores_used for o in kept), "no spelled end of thinking was replaced"
+    real = penalties.penalize
+
+    def from_scratch(logits, seqs):
+        for seq in seqs:
+            seq.token_counts = None
+        return real(logits, seqs)
+
+    monkeypatch.setattr(core, "penalize", from_scratch)
+    fresh = llm.generate([prompt, prompt[:-3] + prompt[-2:]], params, use_tqdm=False)
+    assert [o.token_ids for o in kept] == [o.token_ids for o in fresh]
 
 
 class OpenAIPenalties(LogitsProcessor):
@@ -129,8 +166,10 @@ def test_budget_masks_win_over_a_bias_toward_ending_thinking(s1_llm):
     ({"presence_penalty": 2.5}, "presence_penalty must be a number in \\[-2, 2\\]"),
     ({"frequency_penalty": float("nan")}, "frequency_penalty must be a number in \\[-2, 2\\]"),
     ({"frequency_penalty": True}, "frequency_penalty must be a number"),
-    ({"repetition_penalty": 0}, "repetition_penalty must be a positive finite number"),
-    ({"repetition_penalty": float("inf")}, "repetition_penalty must be a positive finite number"),
+    ({"repetition_penalty": 0}, "repetition_penalty must be a positive number in fp32's normal range"),
+    ({"repetition_penalty": float("inf")}, "repetition_penalty must be a positive number"),
+    ({"repetition_penalty": 1e39}, "repetition_penalty must be a positive number"),  # inf in fp32
+    ({"repetition_penalty": 1e-46}, "repetition_penalty must be a positive number"),  # 0 in fp32
     ({"logit_bias": {5: 101}}, "logit_bias maps non-negative token ids to biases in \\[-100, 100\\], got 5: 101"),
     ({"logit_bias": {"5": 1}}, "logit_bias maps non-negative token ids"),
     ({"logit_bias": {-1: 1}}, "logit_bias maps non-negative token ids"),

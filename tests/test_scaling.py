@@ -254,6 +254,10 @@ def test_maj_at_k_counts_equivalent_wrong_answers_as_one_vote():
     assert by_k["k=4"]["maj_at_k"] == 0.0  # "0.5" and "1/2" are one vote of 2
     rows[3]["vote"] = "0.3"
     assert {r["setting"]: r for r in parallel_runs("parallel", rows)}["k=4"]["maj_at_k"] == 100.0  # 1 each: first
+    # "50\%" equals "50" and "0.5", which differ: a class holds answers equal to all its members
+    votes = ["50\\%", "50", "0.5", "0.5", "7", "7", "7"]
+    rows = [sample(i, v, v == "7") for i, v in enumerate(votes)]
+    assert {r["setting"]: r for r in parallel_runs("parallel", rows)}["k=7"]["maj_at_k"] == 100.0
 
 
 def test_a_multiple_choice_vote_is_the_option_letter(model_dir):
