@@ -41,8 +41,18 @@ _LONE_LETTER = re.compile(r"^\(?([A-Z])\)?[.:]?$", re.IGNORECASE)
 _LEADING_LETTER = re.compile(r"^\(?([A-Z])[).:]\s")
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)")
 _DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", re.DOTALL)
-# numbers offered as alternatives: "5 or 7", "$5$ and $7$", "x = 5, y = 7"
-_ALTERNATIVES = re.compile(r"\d[^\d\n]{0,12}?\b(?:or|and)\b[^\d\n]{0,12}?\d|=[^=]*,[^=]*=")
+# numbers offered as alternatives: "5 or 7", "$5$ and $7$", "x = 5, y = 7", a list "1, 2"
+_ALTERNATIVES = re.compile(r"\d[^\d\n]{0,12}?\b(?:or|and)\b[^\d\n]{0,12}?\d|=[^=]*,[^=]*=|\d\$?\s*,\s+\$?[-+]?\d")
+_MATH_SPAN = re.compile(r"(?<!\\)\$[^$]*\$|\\\(.*?\\\)")
+# the first value a text states ("the smallest value is 0, when ...", "there are only 240 ways", "a = -4"), and
+# the one a text ends by stating in words ("the number of strings of length 6 on 1, 2 and 3 is 239.")
+_FILLER = r"(?:(?:only|exactly|precisely|always|therefore|thus|just|then|equal to|given by)\s+){0,2}"
+_VALUE = r"(\$[^$]+\$|\\\(.+?\\\)|\d{1,3}(?:,\d{3})+(?![\d,])|[^\s,;$]+)"  # math, 2,001,000, or a word
+_FINAL_STATEMENT = re.compile(r"\b(?:is|are|equals)\s+" + _FILLER + _VALUE + r"\s*[.!]?\s*$", re.IGNORECASE)
+_NUMERIC = re.compile(r"[-+]?(?:\d|\$|\\\()")
+_STATED_VALUE = re.compile(r"(?:\b(?:is|are|was|were|equals|be)\b|=|≡)\s*:?\s*" + _FILLER + _VALUE, re.IGNORECASE)
+_PROSE_WORD = re.compile(r"\(?[A-Za-z]{2,}[.,;:!?)]?")
+PROSE_WORDS = 6  # an answer with more words than this outside its math is read only through "answer is"
 _MATH_ON_LINE = re.compile(r"[\d$\\=^]")
 _MATH_DOLLAR = re.compile(r"(?<!\\)\$")  # a "$" that opens math, not an escaped dollar sign
 
@@ -196,13 +206,27 @@ def _math_verify(answer: str, reference: str) -> bool:
 
     # The worker's wall-clock limit replaces math-verify's own SIGALRM limits (None turns them off).
     gold = parse(_as_latex(reference), parsing_timeout=None)
-    # A box reads bare LaTeX ("\\frac{3}{4}"); the plain parse finds the answer in prose ("12 cm^2"), but it
-    # takes the last number it sees, so it is not tried on alternatives ("5 or 7" is not 7).
-    plain = [] if _ALTERNATIVES.search(answer) else [answer]
-    for prediction in [_as_latex(answer), *plain]:
-        if verify(gold, parse(prediction, parsing_timeout=None), timeout_seconds=None):
-            return True
-    return False
+    return any(verify(gold, parse(prediction, parsing_timeout=None), timeout_seconds=None)
+               for prediction in _predictions(answer))
+
+
+def _predictions(answer: str) -> list[str]:
+    """What math-verify reads an answer as. In a short answer (at most PROSE_WORDS words besides its math):
+    bare LaTeX in a box ("\\frac{3}{4}"), and the text itself, whose plain parse takes the last number or
+    math span it finds ("12 cm^2", "the probability is $\\frac34$"), unless it offers alternatives ("5 or
+    7", "1, 2"). In any answer, the first value it states ("the answer is 42", "the smallest value is 0,
+    when ...", "there are only 240 ways", "a = -4"), its first number or math so stated ("... is
+    collected, there will be 2,001,000 terms") and the value it ends by stating in words ("... is 239."). Other prose (a restated question, thinking cut off) is no answer: the numbers it merely
+    mentions are not the answer's."""
+    predictions, alternatives = [], _ALTERNATIVES.search(answer)
+    if sum(bool(_PROSE_WORD.fullmatch(word)) for word in _MATH_SPAN.sub(" ", answer).split()) <= PROSE_WORDS:
+        predictions += [] if _MATH_DOLLAR.search(answer) else [_as_latex(answer)]
+        predictions += [] if alternatives else [answer]
+    values = [m.group(1) for m in _STATED_VALUE.finditer(answer)]
+    numeric = next((v for v in values if _NUMERIC.match(v)), None)
+    final = _FINAL_STATEMENT.search(answer)
+    stated = dict.fromkeys(v for v in (values[0] if values else None, numeric, final and final.group(1)) if v)
+    return predictions + [_as_latex(_clean(v.rstrip(".,;:"))) for v in stated]
 
 
 def _as_latex(answer: str) -> str:

@@ -82,10 +82,13 @@ def read_pool_jsonl(path: str | Path) -> list[PoolRow]:
     path = Path(path)
     if not path.is_file():
         raise PoolError(f"pool file {path} does not exist; pass a JSONL file or 'champ'")
-    rows = [row_from_record(record, default_id=f"{path.stem}-{line_no}") for line_no, record in read_objects(path, PoolError)]
-    if not rows:
+    records = list(read_objects(path, PoolError))
+    if not records:
         raise PoolError(f"{path}: no records; the pool is empty")
-    return rows
+    if not any(record.get("question") for _, record in records):
+        raise PoolError(f"{path}: no record has a 'question' (the first has {sorted(records[0][1])}); "
+                        "see curate/README.md for the pool's columns")
+    return [row_from_record(record, default_id=f"{path.stem}-{line_no}") for line_no, record in records]
 
 
 def load_pool(name_or_path: str) -> list[PoolRow]:

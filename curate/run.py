@@ -1,7 +1,9 @@
 """python -m curate.run: pick a small, hard, diverse reasoning set from a pool (s1's three stages)."""
 import argparse
+import re
 import shlex
 import sys
+from pathlib import Path
 
 from curate.pipeline import CurateConfig, dry_run, run_pipeline
 
@@ -30,6 +32,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[CurateConfig, bool]:
                    help="print what each stage would do; load no model, write nothing")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    for spec in args.models:  # a name that is no dir would send transformers to a model hub
+        if spec != "default" and not (Path(spec) / "config.json").is_file():
+            p.error(f"--models {spec!r} is not a local model dir (no config.json there); nothing is downloaded")
+    if args.tokenizer and not Path(args.tokenizer).is_dir():
+        p.error(f"--tokenizer {args.tokenizer!r} is not a local dir; nothing is downloaded")
+    for pattern in args.keep_sources:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            p.error(f"--keep-source {pattern!r} is not a regular expression: {e}")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        p.error(f"--output {args.output} is a file, not a dir")
     for name in ("size", "thinking_cap", "max_answer_tokens", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -40,17 +54,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[CurateConfig, bool]:
     return config, args.dry_run
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     config, is_dry_run = parse_args(argv)
-    if is_dry_run:
-        print(dry_run(config))
-        return
-    results, paths = run_pipeline(config, command="python -m curate.run " + shlex.join(argv))
+    try:
+        if is_dry_run:
+            print(dry_run(config))
+            return 0
+        results, paths = run_pipeline(config, command="python -m curate.run " + shlex.join(argv))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: rerun the same command to resume (the attempts made so far are cached in "
+              f"{config.cache or Path(config.output) / 'attempts.jsonl'})", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
+    except (ValueError, OSError) as e:  # a bad pool or eval file, a model dir that does not load
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for r in results:
         print(f"{r.stage:>16}: {r.rows_in:>6} -> {r.rows_out:<6} {dict(r.reasons())}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -54,12 +54,12 @@ def test_run_writes_selection_sft_and_report(tmp_path, make_model, capsys):
     assert "difficulty:" in capsys.readouterr().out
 
 
-def test_dry_run_describes_every_stage_and_writes_nothing(tmp_path):
+def test_dry_run_describes_every_stage_and_writes_nothing(tmp_path, make_model):
     pool, evals = write_inputs(tmp_path)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "curate.run", "--pool", str(pool), "--eval", str(evals), "--models",
-                           str(tmp_path / "no-such-model"), "--tokenizer", "unused", "--size", "2", "--output",
-                           str(out), "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120)
+                           str(make_model("llama")), "--size", "2", "--output", str(out), "--dry-run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     for stage in ("pool:", "quality:", "decontamination:", "difficulty:", "domain:", "diversity:", "outputs:"):
         assert stage in proc.stdout
@@ -67,10 +67,42 @@ def test_dry_run_describes_every_stage_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
-def test_bad_arguments_are_rejected_with_a_message(capsys):
+@pytest.mark.parametrize("flags, message", [
+    (["--size", "0"], "--size must be at least 1"),
+    (["--models", "gpt2"], "--models 'gpt2' is not a local model dir (no config.json there); nothing is downloaded"),
+    (["--keep-source", "("], "--keep-source '(' is not a regular expression"),
+    (["--tokenizer", "gpt2"], "--tokenizer 'gpt2' is not a local dir"),
+])
+def test_bad_arguments_are_rejected_with_a_message(capsys, flags, message):
     with pytest.raises(SystemExit):
-        main(["--pool", "champ", "--output", "x", "--size", "0"])
-    assert "--size must be at least 1" in capsys.readouterr().err
+        main(["--pool", "champ", "--output", "x", *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_bad_files_are_one_line_errors_and_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    pool, evals = write_inputs(tmp_path)
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "columns.jsonl").write_text('{"foo": 1}\n')
+    out = ["--output", str(tmp_path / "out")]
+    for flags, message in [
+        (["--pool", str(tmp_path / "nope.jsonl"), *out], f"error: pool file {tmp_path / 'nope.jsonl'} does not exist"),
+        (["--pool", str(tmp_path / "columns.jsonl"), *out], "no record has a 'question' (the first has ['foo'])"),
+        (["--pool", str(pool), "--eval", str(tmp_path / "nope.jsonl"), *out], "error: eval set"),
+        (["--pool", str(pool), "--output", str(tmp_path / "afile")], "--output"),
+    ]:
+        try:
+            code = main([*flags, "--no-progress", "--dry-run"])
+        except SystemExit as e:  # argparse's error
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, (flags, err)
+
+    def interrupted(config, command):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("curate.run.run_pipeline", interrupted)
+    assert main(["--pool", str(pool), "--output", str(tmp_path / "out")]) == 130
+    assert "interrupted: rerun the same command to resume" in capsys.readouterr().err
 
 
 def test_dry_run_on_champ_before_its_pool_is_built_grades_nothing(tmp_path, monkeypatch):

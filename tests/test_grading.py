@@ -81,6 +81,9 @@ MATH_PAIRS = [
     ("5 or 7", "7", False),
     ("x = 5, y = 7", "7", False),
     ("$5$ or $7$", "7", False),
+    ("1, 2", "2", False),  # a list is not its last member
+    ("-2, 2", "2", False),
+    ("x = 3 or x = 5", "5", False),
     ("$$7$$", "7", True),
 ]
 
@@ -110,6 +113,19 @@ OUTPUT_PAIRS = [
     (S1_ANSWER + "Answer: the 2nd one, 17", "17", True),
     (S1_ANSWER + "Final Answer: The answer is 42 since 6 times 7 is 42", "42", True),
     (S1_ANSWER + "Answer: The answer is 7 (from 3+4).", "7", True),
+    (S1_ANSWER + "So after 3 steps the final answer is 42.", "42", True),
+    (S1_ANSWER + "Therefore, the maximum value of the whole expression is $\\frac{1}{2}$.", "1/2", True),
+    (S1_ANSWER + "So the number of such positive integers n below the bound is 42.", "42", True),
+    (S1_ANSWER + "So the number of such positive integers n below the bound is 41.", "42", False),
+    (S1_ANSWER + "When the expansion is collected, there will be 2,001,000 terms.", "2001000", True),
+    (S1_ANSWER + "For any composite number n, the value of (n-1)! mod n(n-1)/2 is always 0.", "0", True),
+    (S1_ANSWER + "The number of involutions on the set {1, 2, 3, 4, 5, 6} is 76.", "76", True),
+    (S1_ANSWER + "A minimum of 26 questions is required to determine the product of the 50 numbers.", "50", False),
+    # long prose that only mentions the reference is not an answer
+    (S1_ANSWER + "To find the number of strings of length 6 that have adjacent digit", "6", False),
+    (S1_ANSWER + "The question asks for $3^2+4^2$. I am not sure.", "25", False),
+    (S1_ANSWER + "We first compute $2^{10} = 1024$ and then reduce it modulo 1000", "1000", False),
+    ("Let me compute 2+2=4, then multiply by 6 to get 24, hmm but maybe", "24", False),  # thinking cut off
 ]
 
 
