@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -290,6 +291,8 @@ class _Worker:
 def _serve() -> None:
     """The worker's loop: reads [answer, reference] lines, writes true/false lines."""
     import math_verify  # noqa: F401  (loaded before "ready", so the first limit does not pay for it)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends the worker
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that its own timeouts are off
     replies, sys.stdout = sys.stdout, sys.stderr  # stray prints from libraries must not garble the replies

@@ -134,7 +134,10 @@ def claim_output(args: argparse.Namespace, items: list[EvalItem], llm: LLM) -> P
     flags = {**{name: getattr(args, name) for name in RESULT_FLAGS}, "device": llm.device.type,
              "dtype": str(llm.dtype).removeprefix("torch."), "questions_sha256": hashlib.sha256(questions.encode()).hexdigest()}
     record = out / "run.json"
-    old = json.loads(record.read_text()) if record.exists() else flags
+    try:
+        old = json.loads(record.read_text()) if record.exists() else flags
+    except ValueError as e:
+        raise UsageError(f"{record} is not valid JSON ({e}); delete it to start the run over, or use another dir") from None
     changed = sorted(k for k in flags if old.get(k) != flags[k])
     if changed:
         raise UsageError(f"--output {out} holds a run made with other {', '.join(changed)}; resume with the same "
@@ -147,17 +150,17 @@ def claim_output(args: argparse.Namespace, items: list[EvalItem], llm: LLM) -> P
 def run_method(h: Harness, method: Method, items: list[EvalItem], out: Path) -> None:
     """Each question once under every setting it still lacks; rows appended per (question, setting)."""
     logs = {s: SampleLog(samples_path(out, method.name, s), method.rows_per_question) for s in method.settings()}
+    todo = [(item, [s for s, log in logs.items() if item.id not in log.done]) for item in items]
+    todo = [(item, missing) for item, missing in todo if missing]  # a resume starts where the last run stopped
     start, tokens = time.perf_counter(), 0
-    with tqdm(total=len(items), desc=method.name, unit="q") as bar:
-        for first in range(0, len(items), BATCH_QUESTIONS):
-            batch = items[first : first + BATCH_QUESTIONS]
-            work = [(item, [s for s, log in logs.items() if item.id not in log.done]) for item in batch]
-            work = [(item, missing) for item, missing in work if missing]
-            for result in method.run_batch(h, work) if work else []:
+    with tqdm(total=len(items), initial=len(items) - len(todo), desc=method.name, unit="q") as bar:
+        for first in range(0, len(todo), BATCH_QUESTIONS):
+            work = todo[first : first + BATCH_QUESTIONS]
+            for result in method.run_batch(h, work):
                 for setting, rows in result.items():
                     logs[setting].append(rows)
                     tokens += sum(r["thinking_tokens"] + r["answer_tokens"] for r in rows)
-            bar.update(len(batch))
+            bar.update(len(work))
             bar.set_postfix_str(f"{tokens / (time.perf_counter() - start):.1f} tok/s")
 
 

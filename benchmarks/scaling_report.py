@@ -153,7 +153,8 @@ def plot(summary: dict, out: Path) -> list[Path]:
     paths = [out / "scaling.png"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in summary["methods"]:
-        runs = sorted((r for r in summary["settings"] if r["method"] == name), key=lambda r: r["avg_thinking_tokens"])
+        runs = sorted((r for r in summary["settings"] if r["method"] == name and r["avg_thinking_tokens"] > 0),
+                      key=lambda r: r["avg_thinking_tokens"])  # a log axis has no place for 0 tokens
         ax.plot([r["avg_thinking_tokens"] for r in runs], [r["accuracy"] for r in runs], "o-", label=name)
     ax.set_xscale("log", base=2, nonpositive="mask")
     ax.set(xlabel="average thinking tokens (log2)", ylabel="accuracy (%)", title=summary["model"])

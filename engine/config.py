@@ -31,6 +31,9 @@ class ModelConfig:
     def from_dir(cls, path: str | Path) -> "ModelConfig":
         """config.json, plus the EOS ids of generation_config.json when present (Qwen's <|endoftext|>)."""
         file, generation = Path(path) / "config.json", Path(path) / "generation_config.json"
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"model dir {path} " + ("is a file: pass the dir that holds config.json"
+                                                             if Path(path).exists() else "does not exist"))
         if not file.is_file():
             raise FileNotFoundError(f"no config.json in model dir {path}")
         cfg = cls.from_dict(_read_json(file))

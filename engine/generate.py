@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     add_engine_args(p)
     args = p.parse_args(argv)
+    if args.max_tokens < 1:
+        p.error(f"--max-tokens must be at least 1, got {args.max_tokens}")
     if args.no_budget:
         given = [f"--{dest.replace('_', '-')}" for dest in BUDGET_FLAGS if getattr(args, dest) != p.get_default(dest)]
         if given:

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--cuda-graphs needs a CUDA device")
     from engine import LLM, SamplingParams
 
+    if args.trace is not None and not args.trace.parent.is_dir():
+        parser.error(f"--trace {args.trace}: no dir {args.trace.parent} to write the traces into")
+
     with tempfile.TemporaryDirectory() as work:
         model = args.model
         if args.shape is not None:
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             llm = LLM(model=model, device=args.device, dtype=args.dtype, kernels=args.kernels, max_num_seqs=args.batch,
                       max_num_batched_tokens=max(2048, args.batch * args.context), cuda_graphs=args.cuda_graphs)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, OSError) as e:  # a bad model dir too
             parser.error(str(e))
         if args.context + args.steps + 1 > llm.max_model_len:  # every profiled step must decode every sequence
             parser.error(f"--context {args.context} + --steps {args.steps} + 1 is past the model's context "

@@ -20,4 +20,4 @@ def test_cli_rejects_min_above_max(make_model, capsys):
 
 def test_cli_reports_a_bad_model_dir(tmp_path, capsys):
     code = main(["--model", str(tmp_path / "nowhere"), "--prompt", "hi"])
-    assert code == 2 and "no config.json" in capsys.readouterr().err
+    assert code == 2 and "nowhere does not exist" in capsys.readouterr().err

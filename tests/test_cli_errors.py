@@ -68,3 +68,9 @@ def test_penalty_flags_reach_the_request_and_bad_ones_are_errors(make_model, cap
     capsys.readouterr()
     assert main(["--model", path, "--prompt", "hi", "--presence-penalty", "3"]) == 2
     assert capsys.readouterr().err.strip() == "error: presence_penalty must be a number in [-2, 2], got 3.0"
+
+
+def test_max_tokens_below_one_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--prompt", "hi", "--max-tokens", "0"])
+    assert exit_info.value.code == 2 and "--max-tokens must be at least 1, got 0" in capsys.readouterr().err

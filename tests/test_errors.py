@@ -24,8 +24,13 @@ def test_unknown_architecture(make_model, tmp_path):
 
 
 def test_missing_dir_config_and_weights(make_model, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match="model dir .*nowhere does not exist"):
         LLM(model=tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json in model dir"):
+        LLM(model=tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="config.json is a file: pass the dir that holds config.json"):
+        LLM(model=make_model("llama") / "config.json")
     shutil.copytree(make_model("llama"), tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"no \*.safetensors weights"):

@@ -235,3 +235,18 @@ def test_grading_off_the_main_thread():
 def test_timeout_must_be_positive():
     with pytest.raises(ValueError, match="timeout_s must be > 0"):
         equivalent("1", "2", timeout_s=0)
+
+
+def test_ctrl_c_is_the_callers_not_the_workers():
+    """A terminal's Ctrl-C reaches the grading worker too: it must neither die nor print a traceback."""
+    import os
+    import signal
+
+    from benchmarks.grading import _WORKER
+
+    assert equivalent("\\frac{6}{8}", "0.75")  # the worker runs
+    worker = _WORKER._process
+    os.kill(worker.pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert worker.poll() is None and _WORKER._process is worker
+    assert equivalent("\\frac{6}{8}", "0.75") and not equivalent("\\frac{5}{8}", "0.75")

@@ -197,7 +197,7 @@ def test_bad_model_args_and_gen_kwargs_raise_clearly(lm, model_dir):
         S1EngineLM(pretrained=str(model_dir), max_num_seqs=0)
     with pytest.raises(ValueError, match="not both"):
         S1EngineLM(pretrained=str(model_dir), model=str(model_dir))
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match="missing does not exist"):
         S1EngineLM(pretrained=str(model_dir / "missing"))
 
     def generate(**gen_kwargs):

@@ -21,9 +21,11 @@ def test_profile_prints_categories_and_writes_traces(make_model, tmp_path, capsy
                                           (["--batch", "0"], "must be a positive integer"),
                                           (["--shape", "nope"], "invalid choice"),
                                           (["--kernels", "triton"], "TRITON_INTERPRET=1"),
-                                          (["--context", "100000"], "is past the model's context")))
+                                          (["--context", "100000"], "is past the model's context"),
+                                          (["--trace", "/no/such/dir/t.json"], "no dir /no/such/dir to write"),
+                                          (["--model", "/no/such/model"], "model dir /no/such/model does not exist")))
 def test_bad_arguments_are_one_line_errors(make_model, capsys, monkeypatch, args, message):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(SystemExit) as exit_info:
-        profile.main(["--model", str(make_model("llama")), "--steps", "1", *args])
+        profile.main(["--model", str(make_model("llama")), "--steps", "1", *args])  # a later --model wins
     assert exit_info.value.code == 2 and message in capsys.readouterr().err

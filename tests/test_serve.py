@@ -278,7 +278,7 @@ def test_the_cli_serves_until_sigterm(make_model):
 
 def test_cli_reports_a_bad_model_dir_and_bad_flags(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "nowhere"), "--port", "0"]) == 2
-    assert "no config.json" in capsys.readouterr().err
+    assert "nowhere does not exist" in capsys.readouterr().err
     assert main(["--gpu-memory-utilization", "1.5", "--port", "0"]) == 2
     assert "gpu_memory_utilization must be in (0, 1]" in capsys.readouterr().err
     with socket.socket() as taken:

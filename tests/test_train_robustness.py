@@ -1,11 +1,16 @@
 """train.sft under bad arguments, bad files and damaged checkpoints: clear errors, or a safe fallback."""
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import train.checkpoint
-from tests.train_helpers import read_log, run_in_process, sft_args, synthetic_records, tiny, write_jsonl  # noqa: F401 (fixture)
+from tests.train_helpers import REPO_ROOT, read_log, run_in_process, sft_args, synthetic_records, tiny, write_jsonl  # noqa: F401 (fixture)
 from train.checkpoint import COMPLETE_MARKER, latest_checkpoint
 from train.data import DataError
 from train.sft import main, parse_args, prepare
@@ -107,3 +112,20 @@ def test_a_corrupt_manifest_is_an_error_naming_it(tiny, crashed, tmp_path):
     with pytest.raises(ValueError, match=f"checkpoint manifest {out}/checkpoints/step-00000003/{COMPLETE_MARKER} "
                                          "is corrupt"):
         prepare(parse_args(sft_args(*tiny, out, **RUN, resume=True)), world_size=1)
+
+
+def test_ctrl_c_under_torchrun_says_how_to_resume_without_a_traceback_per_rank(tiny, tmp_path):
+    """Ctrl-C reaches every process of the group (torchrun's agent and both ranks), as a terminal sends it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "train.sft",
+           *sft_args(*tiny, tmp_path, epochs=200, save_every=1)]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "checkpoints").is_dir() or not any((tmp_path / "checkpoints").glob("step-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert "interrupted: rerun with --resume to continue from" in err, err[-3000:]
+    assert "[rank0]: Traceback" not in err and "[rank1]: Traceback" not in err, err[-3000:]
+    assert "enforce fail" not in err  # no write was cut short

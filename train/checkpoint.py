@@ -2,8 +2,11 @@
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -44,6 +47,26 @@ def latest_checkpoint(output_dir: Path, log: Callable[[str], None] = print_to_st
     return None
 
 
+@contextmanager
+def interrupts_deferred():
+    """Ctrl-C (SIGINT) or SIGTERM while a checkpoint or the model is written takes effect, as a
+    KeyboardInterrupt, once the write is done: a write cut short is no use to anyone (it would be ignored
+    on resume) and its C++ errors read like corruption."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {sig: signal.signal(sig, lambda number, frame: caught.append(number)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            raise KeyboardInterrupt
+
+
+@interrupts_deferred()
 def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     train_state: dict, keep_last: int) -> Path:
     """Collective: every rank writes its shards into a temp dir; rank 0 writes the manifest, renames the dir into
@@ -111,6 +134,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         _set_rng_state(torch.load(rng_file, weights_only=True))
 
 
+@interrupts_deferred()
 def save_hf_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
     """Collective: gather the full fp32 state dict to rank 0, which writes an HF dir and renames it into place."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -408,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
             env.log(f"error: {e}")
             return 2
         train(cfg, env, setup)
+    except KeyboardInterrupt:  # on every rank; rank 0 says it once, with no traceback per rank
+        saved = latest_checkpoint(Path(cfg.output_dir), env.log)
+        env.log(f"\ninterrupted: rerun with --resume to continue from {saved}" if saved else
+                "\ninterrupted before the first checkpoint (--save-every sets how often they are written)")
+        return 130  # 128 + SIGINT, as a shell reports it
     finally:
         dist.destroy_process_group()
     return 0
