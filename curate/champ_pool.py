@@ -14,7 +14,9 @@ candidate but carries the error "no_correct_teacher_trace", so the quality stage
 Grading runs longest first and stops at the first correct one; the built pool is cached as JSONL under the
 engine's cache dir (a few minutes to build, instant after).
 """
+import hashlib
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
@@ -59,12 +61,18 @@ def _reference_solution(problem) -> str:
 
 
 GRADE_TIMEOUT_S = 2.0  # some symbolic answers ("(2n)!/(2^n*n!)") take sympy longer; those count as not equal
-RULE_VERSION = 3  # bump when the rule or the grader changes, so a cached pool built by the old one is not reused
 
 
 def champ_cache_path() -> Path:
+    """Named by a digest of the rule's and the grader's source, so that a pool built by another version of
+    either is never reused."""
+    import benchmarks.grading
     from engine.weights import cache_dir
-    return cache_dir() / "curate" / f"champ_pool_v{RULE_VERSION}.jsonl"
+
+    digest = hashlib.sha256()
+    for module in (sys.modules[__name__], benchmarks.grading):
+        digest.update(Path(module.__file__).read_bytes())
+    return cache_dir() / "curate" / f"champ_pool_{digest.hexdigest()[:16]}.jsonl"
 
 
 def champ_pool(grade_fn: Callable | None = None, progress: bool = True, limit: int | None = None,

@@ -206,3 +206,15 @@ def test_champ_pool_reads_the_package(tmp_path):
     assert [r.id for r in rows] == ["P_Combinatorics_1", "P_Combinatorics_2", "P_Combinatorics_3"]
     assert all(r.question and r.trace and r.attempt and r.domain == "Combinatorics" for r in rows)
     assert rows[0].answer == "239" and rows[0].error is None and "239" in rows[0].attempt
+
+
+def test_the_champ_pool_cache_is_named_by_the_rule_and_the_grader(tmp_path, monkeypatch):
+    import benchmarks.grading
+    from curate.champ_pool import champ_cache_path
+
+    monkeypatch.setenv("S1_ENGINE_CACHE", str(tmp_path))
+    before = champ_cache_path()
+    edited = tmp_path / "grading.py"
+    edited.write_text(open(benchmarks.grading.__file__).read() + "\n# another grader\n")
+    monkeypatch.setattr(benchmarks.grading, "__file__", str(edited))
+    assert champ_cache_path() != before and champ_cache_path().parent == before.parent

@@ -1,3 +1,4 @@
+import json
 import threading
 import time
 
@@ -250,3 +251,20 @@ def test_ctrl_c_is_the_callers_not_the_workers():
     time.sleep(0.5)
     assert worker.poll() is None and _WORKER._process is worker
     assert equivalent("\\frac{6}{8}", "0.75") and not equivalent("\\frac{5}{8}", "0.75")
+
+
+def test_grade_champ_grades_real_summaries_and_compares(tmp_path, capsys):
+    pytest.importorskip("champ_dataset")
+    from benchmarks import grade_champ
+
+    out = tmp_path / "grades.json"
+    assert grade_champ.main(["--limit", "2", "--out", str(out)]) == 0
+    grades = json.loads(out.read_text())
+    assert grades and all(len(g) == 3 and isinstance(g[2], bool) for g in grades.values())
+    first = next(iter(grades))
+    grades[first][2] = not grades[first][2]  # as if another grader had judged it the other way
+    out.write_text(json.dumps(grades))
+    assert grade_champ.main(["--limit", "2", "--compare", str(out), "--show", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "of 2 problems have one" in printed
+    assert ("1 now correct, 0 no longer" if grades[first][2] is False else "0 now correct, 1 no longer") in printed
