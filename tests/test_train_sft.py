@@ -1,4 +1,5 @@
 """train.sft end to end on tiny random models: overfitting, 1 vs 2 processes, crash + resume, export."""
+import json
 import shutil
 from pathlib import Path
 
@@ -105,6 +106,16 @@ def test_a_used_output_dir_needs_resume_and_the_same_plan(tiny, reference):
     reordered.write_text("".join(reversed(data.read_text().splitlines(keepends=True))))
     with pytest.raises(ValueError, match=r"other data_sha256 \('[0-9a-f]{64}', now '[0-9a-f]{64}'\)$"):
         prepare(parse_args(sft_args(model, reordered, reference, **RUN, resume=True)), world_size=1)
+    # the dtype is compared as used: float32 given is the CPU's default
+    assert prepare(parse_args(sft_args(*tiny, reference, **RUN, dtype="float32", resume=True)), world_size=1)
+    older = reference.parent / "older"  # a checkpoint whose signature lacks what this version records
+    shutil.copytree(reference, older)
+    marker = latest_checkpoint(older) / COMPLETE_MARKER
+    manifest = json.loads(marker.read_text())
+    del manifest["train_state"]["signature"]["data_sha256"]
+    marker.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="made by an older train.sft that did not record data_sha256; resume it"):
+        prepare(parse_args(sft_args(*tiny, older, **RUN, resume=True)), world_size=1)
 
 
 def test_activation_checkpointing_matches(tiny, reference, tmp_path):

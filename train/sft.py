@@ -285,7 +285,11 @@ def prepare(cfg: TrainConfig, world_size: int, log: Callable[[str], None] = prin
             raise ValueError(f"{cfg.output_dir} holds checkpoint {checkpoint.name} of an earlier run; pass --resume "
                              "to continue it or choose another --output-dir")
         saved = read_train_state(checkpoint)["signature"]
-        changed = sorted(k for k in saved.keys() | signature.keys() if saved.get(k) != signature.get(k))
+        unrecorded = sorted(signature.keys() - saved.keys())
+        if unrecorded:
+            raise ValueError(f"cannot resume: {checkpoint} was made by an older train.sft that did not record "
+                             f"{', '.join(unrecorded)}; resume it with that version or start over in another dir")
+        changed = sorted(k for k in saved if saved[k] != signature.get(k))
         if changed:
             raise ValueError(f"cannot resume: {checkpoint} was made with other "
                              + ", ".join(f"{k} ({saved.get(k)!r}, now {signature.get(k)!r})" for k in changed))
@@ -304,7 +308,7 @@ def train(cfg: TrainConfig, env: DistEnv, setup: Setup) -> None:
         hf_logging.disable_progress_bar()
 
     torch.manual_seed(cfg.seed)
-    compute_dtype = DTYPES[cfg.dtype or ("bfloat16" if env.device.type == "cuda" else "float32")]
+    compute_dtype = DTYPES[compute_dtype_name(cfg)]
     model = build_model(model_dir(cfg), env, compute_dtype, cfg.activation_checkpointing)
     optimizer = build_optimizer(model, cfg)
     num_params = sum(p.numel() for p in model.parameters())
@@ -366,15 +370,20 @@ def build_plan(dataset: Dataset, cfg: TrainConfig) -> Plan:
     return plan
 
 
+def compute_dtype_name(cfg: TrainConfig) -> str:
+    """--dtype, or the device's default: bfloat16 where training runs on CUDA (init_distributed's choice), else float32."""
+    return cfg.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
+
+
 def plan_signature(cfg: TrainConfig, dataset: Dataset) -> dict:
     """What fixes the model, the data and its order, the schedule and the update; a checkpoint resumes only a
     run with the same (a resumed optimizer would keep its saved weight decay whatever the flags say)."""
     keys = ("think_format", "block_size", "epochs", "global_batch_size", "lr", "weight_decay", "warmup_ratio",
-            "max_grad_norm", "seed", "pack", "dtype")
+            "max_grad_norm", "seed", "pack")
     digest = hashlib.sha256()
     for sample in dataset.samples:
         digest.update(json.dumps([sample.input_ids, sample.loss_mask]).encode())
-    return {**{k: asdict(cfg)[k] for k in keys}, "model": str(model_dir(cfg).resolve()),
+    return {**{k: asdict(cfg)[k] for k in keys}, "dtype": compute_dtype_name(cfg), "model": str(model_dir(cfg).resolve()),
             "num_samples": len(dataset.samples), "num_tokens": sum(len(s) for s in dataset.samples),
             "data_sha256": digest.hexdigest()}
 
