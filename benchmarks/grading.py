@@ -53,7 +53,8 @@ _FINAL_STATEMENT = re.compile(r"\b(?:is|are|equals)\s+" + _FILLER + _VALUE + r"\
 _NUMERIC = re.compile(r"[-+]?(?:\d|\$|\\\()")
 _STATED_VALUE = re.compile(r"(?:\b(?:is|are|was|were|equals|be)\b|=|≡)\s*:?\s*" + _FILLER + _VALUE, re.IGNORECASE)
 _PROSE_WORD = re.compile(r"\(?[A-Za-z]{2,}[.,;:!?)]?")
-PROSE_WORDS = 6  # an answer with more words than this outside its math is read only through "answer is"
+BOXED_PROSE_WORDS = 1  # words besides its math that an answer read as LaTeX may have ("12 meters")
+PLAIN_PROSE_WORDS = 3  # ... that one read by math-verify's plain parse may have ("the 2nd one, 17")
 _MATH_ON_LINE = re.compile(r"[\d$\\=^]")
 _MATH_DOLLAR = re.compile(r"(?<!\\)\$")  # a "$" that opens math, not an escaped dollar sign
 
@@ -212,17 +213,20 @@ def _math_verify(answer: str, reference: str) -> bool:
 
 
 def _predictions(answer: str) -> list[str]:
-    """What math-verify reads an answer as. In a short answer (at most PROSE_WORDS words besides its math):
-    bare LaTeX in a box ("\\frac{3}{4}"), and the text itself, whose plain parse takes the last number or
-    math span it finds ("12 cm^2", "the probability is $\\frac34$"), unless it offers alternatives ("5 or
-    7", "1, 2"). In any answer, the first value it states ("the answer is 42", "the smallest value is 0,
-    when ...", "there are only 240 ways", "a = -4"), its first number or math so stated ("... is
-    collected, there will be 2,001,000 terms") and the value it ends by stating in words ("... is 239."). Other prose (a restated question, thinking cut off) is no answer: the numbers it merely
-    mentions are not the answer's."""
-    predictions, alternatives = [], _ALTERNATIVES.search(answer)
-    if sum(bool(_PROSE_WORD.fullmatch(word)) for word in _MATH_SPAN.sub(" ", answer).split()) <= PROSE_WORDS:
-        predictions += [] if _MATH_DOLLAR.search(answer) else [_as_latex(answer)]
-        predictions += [] if alternatives else [answer]
+    """What math-verify reads an answer as. Bare LaTeX in a box ("\\frac{3}{4}", "12 meters": at most
+    BOXED_PROSE_WORDS words besides its math); the text itself, whose plain parse takes the last number or
+    math span it finds ("12 cm^2", "the 2nd one, 17": at most PLAIN_PROSE_WORDS words), unless it offers
+    alternatives ("5 or 7", "1, 2"). In any answer, the first value it states ("the answer is 42", "the
+    smallest value is 0, when ...", "there are only 240 ways", "a = -4"), its first number or math so
+    stated ("... is collected, there will be 2,001,000 terms") and the value it ends by stating in words
+    ("... is 239."). Other prose (a restated question, thinking cut off) is no answer: the numbers it
+    merely mentions are not the answer's."""
+    prose = sum(bool(_PROSE_WORD.fullmatch(word)) for word in _MATH_SPAN.sub(" ", answer).split())
+    predictions = []
+    if prose <= BOXED_PROSE_WORDS and not _MATH_DOLLAR.search(answer):
+        predictions.append(_as_latex(answer))
+    if prose <= PLAIN_PROSE_WORDS and not _ALTERNATIVES.search(answer):
+        predictions.append(answer)
     values = [m.group(1) for m in _STATED_VALUE.finditer(answer)]
     numeric = next((v for v in values if _NUMERIC.match(v)), None)
     final = _FINAL_STATEMENT.search(answer)

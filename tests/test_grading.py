@@ -127,6 +127,7 @@ OUTPUT_PAIRS = [
     (S1_ANSWER + "The question asks for $3^2+4^2$. I am not sure.", "25", False),
     (S1_ANSWER + "We first compute $2^{10} = 1024$ and then reduce it modulo 1000", "1000", False),
     ("Let me compute 2+2=4, then multiply by 6 to get 24, hmm but maybe", "24", False),  # thinking cut off
+    (S1_ANSWER + "The integer part of the sum 1/(x_1+x_2+x_3+...+x_100+x_2+x_3+x_1", "1", False),  # cut at the cap
 ]
 
 
