@@ -43,15 +43,17 @@ _LEADING_LETTER = re.compile(r"^\(?([A-Z])[).:]\s")
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)")
 _DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", re.DOTALL)
 # numbers offered as alternatives: "5 or 7", "$5$ and $7$", "x = 5, y = 7", a list "1, 2"
-_ALTERNATIVES = re.compile(r"\d[^\d\n]{0,12}?\b(?:or|and)\b[^\d\n]{0,12}?\d|=[^=]*,[^=]*=|\d\$?\s*,\s+\$?[-+]?\d")
+_CHOICES = r"\d[^\d\n]{0,12}?\b(?:or|and)\b[^\d\n]{0,12}?\d|\d\$?\s*,\s+\$?[-+]?\d"
+_ALTERNATIVES = re.compile(_CHOICES + r"|=[^=]*,[^=]*=")
 _MATH_SPAN = re.compile(r"(?<!\\)\$[^$]*\$|\\\(.*?\\\)")
-# the first value a text states ("the smallest value is 0, when ...", "there are only 240 ways", "a = -4"), and
-# the one a text ends by stating in words ("the number of strings of length 6 on 1, 2 and 3 is 239.")
-_FILLER = r"(?:(?:only|exactly|precisely|always|therefore|thus|just|then|equal to|given by)\s+){0,2}"
+# what a text gives as its answer in so many words: "the answer is 42", or a sentence that ends on it ("the
+# number of strings of length 6 on 1, 2 and 3 is 239.", "the value is approximately 3.14.")
+_FILLER = r"(?:(?:only|exactly|precisely|always|therefore|thus|just|then|approximately|about|roughly|equal to|given by)\s+){0,2}"
 _VALUE = r"(\$[^$]+\$|\\\(.+?\\\)|\d{1,3}(?:,\d{3})+(?![\d,])|[^\s,;$]+)"  # math, 2,001,000, or a word
+_ANSWER_IS = re.compile(r"\banswer is\s*:?\s*" + _FILLER + _VALUE + r"(?!\s*(?:,|\bor\b|\band\b)\s*\$?[-+]?\d)",
+                        re.IGNORECASE)  # not "the answer is 5 or 7"
+_FINAL_MATH = re.compile(r"(?<!\\)\$([^$]+)\$\s*[.!]?\s*$")  # a text that ends on a math span
 _FINAL_STATEMENT = re.compile(r"\b(?:is|are|equals)\s+" + _FILLER + _VALUE + r"\s*[.!]?\s*$", re.IGNORECASE)
-_NUMERIC = re.compile(r"[-+]?(?:\d|\$|\\\()")
-_STATED_VALUE = re.compile(r"(?:\b(?:is|are|was|were|equals|be)\b|=|≡)\s*:?\s*" + _FILLER + _VALUE, re.IGNORECASE)
 _PROSE_WORD = re.compile(r"\(?[A-Za-z]{2,}[.,;:!?)]?")
 BOXED_PROSE_WORDS = 1  # words besides its math that an answer read as LaTeX may have ("12 meters")
 PLAIN_PROSE_WORDS = 3  # ... that one read by math-verify's plain parse may have ("the 2nd one, 17")
@@ -84,7 +86,7 @@ def extract_answer(text: str, think_format: str = "s1") -> str | None:
 def _labelled(after: str) -> str:
     """The answer after an `Answer:` label: its line, unless that line holds no math of its own ("", "The
     probability is"): then the first display-math block of its paragraph (`$$...$$` or `\\[...\\]`)."""
-    paragraph = after.strip().split("\n\n")[0]
+    paragraph = after.strip().lstrip("*_").strip().split("\n\n")[0]  # "**Final Answer:**\n42": the label's bold
     line = paragraph.splitlines()[0] if paragraph else ""
     display = _DISPLAY_MATH.search(paragraph)
     if display and (line.startswith(("$$", "\\[")) or not _MATH_ON_LINE.search(line)):
@@ -178,6 +180,7 @@ def choice_letter(answer: str, choices: Sequence[str]) -> str | None:
     """The option letter an extracted answer gives (a letter in any of its usual dresses, or an option's
     text), or None."""
     valid = LETTERS[: len(choices)]
+    answer = answer.replace("**", "")  # "The correct answer is **B**."
     for pattern in (_LONE_LETTER, _LEADING_LETTER):
         match = pattern.match(answer)
         if match and match.group(1).upper() in valid:
@@ -216,22 +219,21 @@ def _predictions(answer: str) -> list[str]:
     """What math-verify reads an answer as. Bare LaTeX in a box ("\\frac{3}{4}", "12 meters": at most
     BOXED_PROSE_WORDS words besides its math); the text itself, whose plain parse takes the last number or
     math span it finds ("12 cm^2", "the 2nd one, 17": at most PLAIN_PROSE_WORDS words), unless it offers
-    alternatives ("5 or 7", "1, 2"). In any answer, the first value it states ("the answer is 42", "the
-    smallest value is 0, when ...", "there are only 240 ways", "a = -4"), its first number or math so
-    stated ("... is collected, there will be 2,001,000 terms") and the value it ends by stating in words
-    ("... is 239."). Other prose (a restated question, thinking cut off) is no answer: the numbers it
-    merely mentions are not the answer's."""
+    alternatives ("5 or 7", "1, 2"). In any answer, the value it gives in so many words ("the answer is
+    42", a sentence that ends "... is 239."), else the math it ends on ("so $m + n = 19$": after its last
+    "="). Other prose (a restated question, thinking cut off, a
+    derivation naming intermediate values) is no answer: the numbers it mentions are not the answer's."""
     prose = sum(bool(_PROSE_WORD.fullmatch(word)) for word in _MATH_SPAN.sub(" ", answer).split())
     predictions = []
     if prose <= BOXED_PROSE_WORDS and not _MATH_DOLLAR.search(answer):
         predictions.append(_as_latex(answer))
     if prose <= PLAIN_PROSE_WORDS and not _ALTERNATIVES.search(answer):
         predictions.append(answer)
-    values = [m.group(1) for m in _STATED_VALUE.finditer(answer)]
-    numeric = next((v for v in values if _NUMERIC.match(v)), None)
-    final = _FINAL_STATEMENT.search(answer)
-    stated = dict.fromkeys(v for v in (values[0] if values else None, numeric, final and final.group(1)) if v)
-    return predictions + [_as_latex(_clean(v.rstrip(".,;:"))) for v in stated]
+    stated = [m.group(1) for m in (_ANSWER_IS.search(answer), _FINAL_STATEMENT.search(answer)) if m]
+    if not stated and not re.search(_CHOICES, answer) and (math := _FINAL_MATH.search(answer)):
+        # "$m = 7, n = 12$, so $m + n = 19$": its last right-hand side; not "$5$ or $7$"
+        stated.append(math.group(1).rsplit("=", 1)[-1])
+    return predictions + [_as_latex(_clean(v.rstrip(".,;:"))) for v in dict.fromkeys(stated)]
 
 
 def _as_latex(answer: str) -> str:

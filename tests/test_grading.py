@@ -118,7 +118,19 @@ OUTPUT_PAIRS = [
     (S1_ANSWER + "Therefore, the maximum value of the whole expression is $\\frac{1}{2}$.", "1/2", True),
     (S1_ANSWER + "So the number of such positive integers n below the bound is 42.", "42", True),
     (S1_ANSWER + "So the number of such positive integers n below the bound is 41.", "42", False),
-    (S1_ANSWER + "When the expansion is collected, there will be 2,001,000 terms.", "2001000", True),
+    # a derivation names intermediate values: the answer is the one it gives in so many words, or ends on
+    (S1_ANSWER + "Final Answer: Since $f(1) = 3$, the answer is 7.", "3", False),
+    (S1_ANSWER + "Final Answer: Since $f(1) = 3$, the answer is 7.", "7", True),
+    (S1_ANSWER + "Final Answer: $N = 2016$, so the remainder is 16.", "2016", False),
+    (S1_ANSWER + "Final Answer: When $x = 2$, the minimum value is 5.", "2", False),
+    (S1_ANSWER + "Final Answer: The two numbers are 12 and 15.", "12", False),
+    (S1_ANSWER + "Final Answer: The answer is 5 or 7.", "5", False),
+    (S1_ANSWER + "Final Answer: Thus $m + n = 7 + 12 = 19$.", "7", False),
+    (S1_ANSWER + "Final Answer: $m = 7, n = 12$, so $m + n = 19$", "19", True),
+    (S1_ANSWER + "Final Answer: The expression simplifies to $\\frac{x+1}{x-1}$.", "\\frac{x+1}{x-1}", True),
+    (S1_ANSWER + "Final Answer: The value is approximately 3.14.", "3.14", True),
+    (S1_ANSWER + "**Final Answer:**\n42", "42", True),
+    (S1_ANSWER + "**Final Answer:**\n\n$$42$$", "42", True),
     (S1_ANSWER + "For any composite number n, the value of (n-1)! mod n(n-1)/2 is always 0.", "0", True),
     (S1_ANSWER + "The number of involutions on the set {1, 2, 3, 4, 5, 6} is 76.", "76", True),
     (S1_ANSWER + "A minimum of 26 questions is required to determine the product of the 50 numbers.", "50", False),
@@ -168,6 +180,7 @@ CHOICE_PAIRS = [
     ("The correct choice is (C), since option A ignores spin", "C", True),  # parentheses over a rejected option
     ("Not option A, but (C)", "C", True),
     ("Option A and B fail, so (D)", "D", True),
+    ("The correct answer is **B**.", "B", True),
 ]
 
 

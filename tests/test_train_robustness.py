@@ -129,3 +129,24 @@ def test_ctrl_c_under_torchrun_says_how_to_resume_without_a_traceback_per_rank(t
     assert "interrupted: rerun with --resume to continue from" in err, err[-3000:]
     assert "[rank0]: Traceback" not in err and "[rank1]: Traceback" not in err, err[-3000:]
     assert "enforce fail" not in err  # no write was cut short
+
+
+def test_a_ctrl_c_during_a_write_waits_for_it_and_a_second_one_does_not():
+    from train.checkpoint import interrupts_deferred
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            steps.append("write finished")
+    assert steps == ["write finished"]
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)  # the second one: out at once
+            time.sleep(0.05)
+            steps.append("not reached")
+    assert steps == ["write finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -49,21 +49,27 @@ def latest_checkpoint(output_dir: Path, log: Callable[[str], None] = print_to_st
 
 @contextmanager
 def interrupts_deferred():
-    """Ctrl-C (SIGINT) or SIGTERM while a checkpoint or the model is written takes effect, as a
-    KeyboardInterrupt, once the write is done: a write cut short is no use to anyone (it would be ignored
-    on resume) and its C++ errors read like corruption."""
+    """Ctrl-C (SIGINT) while a checkpoint or the model is written takes effect, as a KeyboardInterrupt, once
+    the write is done: a write cut short is no use to anyone (it is ignored on resume) and its C++ errors
+    read like corruption. A second Ctrl-C interrupts at once (a rank can wait on one that already left);
+    SIGTERM is not deferred (torchrun's agent sends it to end its workers)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
-    previous = {sig: signal.signal(sig, lambda number, frame: caught.append(number)) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def defer(number, frame):
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(number)
+
+    previous = signal.signal(signal.SIGINT, defer)
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if caught:
-            raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 @interrupts_deferred()
