@@ -52,8 +52,9 @@ _FILLER = r"(?:(?:only|exactly|precisely|always|therefore|thus|just|then|approxi
 _VALUE = r"(\$[^$]+\$|\\\(.+?\\\)|\d{1,3}(?:,\d{3})+(?![\d,])|[^\s,;$]+)"  # math, 2,001,000, or a word
 _ANSWER_IS = re.compile(r"\banswer is\s*:?\s*" + _FILLER + _VALUE + r"(?!\s*(?:,|\bor\b|\band\b)\s*\$?[-+]?\d)",
                         re.IGNORECASE)  # not "the answer is 5 or 7"
-_FINAL_MATH = re.compile(r"(?<!\\)\$([^$]+)\$\s*[.!]?\s*$")  # a text that ends on a math span
-_FINAL_STATEMENT = re.compile(r"\b(?:is|are|equals)\s+" + _FILLER + _VALUE + r"\s*[.!]?\s*$", re.IGNORECASE)
+_FINAL_MATH = re.compile(r"(?:(?<!\\)\$([^$]+)\$|\\\((.+?)\\\))\s*[.!]?\s*$")  # a text that ends on a math span
+_FINAL_STATEMENT = re.compile(r"\b(?:is|are|equals)\s+" + _FILLER + r"(?:[A-Za-z]\w*\s*=\s*)?" + _VALUE
+                              + r"\s*[.!]?\s*$", re.IGNORECASE)  # "... is 239.", "... is a = -4."
 _PROSE_WORD = re.compile(r"\(?[A-Za-z]{2,}[.,;:!?)]?")
 BOXED_PROSE_WORDS = 1  # words besides its math that an answer read as LaTeX may have ("12 meters")
 PLAIN_PROSE_WORDS = 3  # ... that one read by math-verify's plain parse may have ("the 2nd one, 17")
@@ -232,7 +233,7 @@ def _predictions(answer: str) -> list[str]:
     stated = [m.group(1) for m in (_ANSWER_IS.search(answer), _FINAL_STATEMENT.search(answer)) if m]
     if not stated and not re.search(_CHOICES, answer) and (math := _FINAL_MATH.search(answer)):
         # "$m = 7, n = 12$, so $m + n = 19$": its last right-hand side; not "$5$ or $7$"
-        stated.append(math.group(1).rsplit("=", 1)[-1])
+        stated.append((math.group(1) or math.group(2)).rsplit("=", 1)[-1])
     return predictions + [_as_latex(_clean(v.rstrip(".,;:"))) for v in dict.fromkeys(stated)]
 
 
