@@ -53,7 +53,8 @@ _VALUE = r"(\$[^$]+\$|\\\(.+?\\\)|\d{1,3}(?:,\d{3})+(?![\d,])|[^\s,;$]+)"  # mat
 _ANSWER_IS = re.compile(r"\banswer is\s*:?\s*" + _FILLER + _VALUE + r"(?!\s*(?:,|\bor\b|\band\b)\s*\$?[-+]?\d)",
                         re.IGNORECASE)  # not "the answer is 5 or 7"
 _FINAL_MATH = re.compile(r"(?:(?<!\\)\$([^$]+)\$|\\\((.+?)\\\))\s*[.!]?\s*$")  # a text that ends on a math span
-_FINAL_STATEMENT = re.compile(r"\b(?:is|are|equals)\s+" + _FILLER + r"(?:[A-Za-z]\w*\s*=\s*)?" + _VALUE
+_CONDITION = r"(?:,\s*(?:which|when|where|achieved|attained|occurring|reached)\b[^.]*)?"  # ", which occurs when a = b"
+_FINAL_STATEMENT = re.compile(r"\b(?:is|are|equals)\s+" + _FILLER + r"(?:[A-Za-z]\w*\s*=\s*)?" + _VALUE + _CONDITION
                               + r"\s*[.!]?\s*$", re.IGNORECASE)  # "... is 239.", "... is a = -4."
 _PROSE_WORD = re.compile(r"\(?[A-Za-z]{2,}[.,;:!?)]?")
 BOXED_PROSE_WORDS = 1  # words besides its math that an answer read as LaTeX may have ("12 meters")

@@ -131,6 +131,8 @@ OUTPUT_PAIRS = [
     (S1_ANSWER + "Final Answer: The value is approximately 3.14.", "3.14", True),
     (S1_ANSWER + "Final Answer: The value of a that makes one root the sum of the others is a = -4.", "-4", True),
     (S1_ANSWER + "Final Answer: It factorizes to \\((x + y)(x - y)\\).", "(x+y)(x-y)", True),
+    (S1_ANSWER + "Final Answer: The smallest value of the whole expression is 8, achieved when a = b = c.", "8", True),
+    (S1_ANSWER + "Final Answer: The smallest value of the whole expression is 8, achieved when a = b = c.", "c", False),
     (S1_ANSWER + "**Final Answer:**\n42", "42", True),
     (S1_ANSWER + "**Final Answer:**\n\n$$42$$", "42", True),
     (S1_ANSWER + "For any composite number n, the value of (n-1)! mod n(n-1)/2 is always 0.", "0", True),
