@@ -221,7 +221,7 @@ def _predictions(answer: str) -> list[str]:
     """What math-verify reads an answer as. Bare LaTeX in a box ("\\frac{3}{4}", "12 meters": at most
     BOXED_PROSE_WORDS words besides its math); the text itself, whose plain parse takes the last number or
     math span it finds ("12 cm^2", "the 2nd one, 17": at most PLAIN_PROSE_WORDS words), unless it offers
-    alternatives ("5 or 7", "1, 2"). In any answer, the value it gives in so many words ("the answer is
+    alternatives ("5 or 7", "1, 2") or is an expression ("1 + x" is not 1). In any answer, the value it gives in so many words ("the answer is
     42", a sentence that ends "... is 239."), else the math it ends on ("so $m + n = 19$": after its last
     "="). Other prose (a restated question, thinking cut off, a
     derivation naming intermediate values) is no answer: the numbers it mentions are not the answer's."""
@@ -229,8 +229,8 @@ def _predictions(answer: str) -> list[str]:
     predictions = []
     if prose <= BOXED_PROSE_WORDS and not _MATH_DOLLAR.search(answer):
         predictions.append(_as_latex(answer))
-    if prose <= PLAIN_PROSE_WORDS and not _ALTERNATIVES.search(answer):
-        predictions.append(answer)
+    if prose <= PLAIN_PROSE_WORDS and not _ALTERNATIVES.search(answer) and not re.search("[+=]", answer):
+        predictions.append(answer)  # not for an expression: the plain parse reads "1 + x" as 1
     stated = [m.group(1) for m in (_ANSWER_IS.search(answer), _FINAL_STATEMENT.search(answer)) if m]
     if not stated and not re.search(_CHOICES, answer) and (math := _FINAL_MATH.search(answer)):
         # "$m = 7, n = 12$, so $m + n = 19$": its last right-hand side; not "$5$ or $7$"

@@ -83,6 +83,8 @@ MATH_PAIRS = [
     ("x = 5, y = 7", "7", False),
     ("$5$ or $7$", "7", False),
     ("1, 2", "2", False),  # a list is not its last member
+    ("1 + x", "1", False),  # an expression is not its first number (the s1 loop's fine-tuned model wrote these)
+    ("1 + 1 + 1 + 1 + 1 + 1 +", "1", False),
     ("-2, 2", "2", False),
     ("x = 3 or x = 5", "5", False),
     ("$$7$$", "7", True),
