@@ -43,8 +43,8 @@ _LEADING_LETTER = re.compile(r"^\(?([A-Z])[).:]\s")
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)")
 _DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", re.DOTALL)
 # numbers offered as alternatives: "5 or 7", "$5$ and $7$", "x = 5, y = 7", a list "1, 2"
-_CHOICES = r"\d[^\d\n]{0,12}?\b(?:or|and)\b[^\d\n]{0,12}?\d|\d\$?\s*,\s+\$?[-+]?\d"
-_ALTERNATIVES = re.compile(_CHOICES + r"|=[^=]*,[^=]*=")
+_CHOICES = re.compile(r"\d[^\d\n]{0,12}?\b(?:or|and)\b[^\d\n]{0,12}?\d|\d\$?\s*,\s+\$?[-+]?\d")
+_ALTERNATIVES = re.compile(_CHOICES.pattern + r"|=[^=]*,[^=]*=")
 _MATH_SPAN = re.compile(r"(?<!\\)\$[^$]*\$|\\\(.*?\\\)")
 # what a text gives as its answer in so many words: "the answer is 42", or a sentence that ends on it ("the
 # number of strings of length 6 on 1, 2 and 3 is 239.", "the value is approximately 3.14.")
@@ -221,10 +221,10 @@ def _predictions(answer: str) -> list[str]:
     """What math-verify reads an answer as. Bare LaTeX in a box ("\\frac{3}{4}", "12 meters": at most
     BOXED_PROSE_WORDS words besides its math); the text itself, whose plain parse takes the last number or
     math span it finds ("12 cm^2", "the 2nd one, 17": at most PLAIN_PROSE_WORDS words), unless it offers
-    alternatives ("5 or 7", "1, 2") or is an expression ("1 + x" is not 1). In any answer, the value it gives in so many words ("the answer is
-    42", a sentence that ends "... is 239."), else the math it ends on ("so $m + n = 19$": after its last
-    "="). Other prose (a restated question, thinking cut off, a
-    derivation naming intermediate values) is no answer: the numbers it mentions are not the answer's."""
+    alternatives ("5 or 7", "1, 2") or is an expression ("1 + x" is not 1). In any answer, the value it
+    gives in so many words ("the answer is 42", a sentence that ends "... is 239."), else the math it
+    ends on ("so $m + n = 19$": after its last "="). Other prose (a restated question, thinking cut off,
+    a derivation naming intermediate values) is no answer: the numbers it mentions are not the answer's."""
     prose = sum(bool(_PROSE_WORD.fullmatch(word)) for word in _MATH_SPAN.sub(" ", answer).split())
     predictions = []
     if prose <= BOXED_PROSE_WORDS and not _MATH_DOLLAR.search(answer):
@@ -232,7 +232,7 @@ def _predictions(answer: str) -> list[str]:
     if prose <= PLAIN_PROSE_WORDS and not _ALTERNATIVES.search(answer) and not re.search("[+=]", answer):
         predictions.append(answer)  # not for an expression: the plain parse reads "1 + x" as 1
     stated = [m.group(1) for m in (_ANSWER_IS.search(answer), _FINAL_STATEMENT.search(answer)) if m]
-    if not stated and not re.search(_CHOICES, answer) and (math := _FINAL_MATH.search(answer)):
+    if not stated and not _CHOICES.search(answer) and (math := _FINAL_MATH.search(answer)):
         # "$m = 7, n = 12$, so $m + n = 19$": its last right-hand side; not "$5$ or $7$"
         stated.append((math.group(1) or math.group(2)).rsplit("=", 1)[-1])
     return predictions + [_as_latex(_clean(v.rstrip(".,;:"))) for v in dict.fromkeys(stated)]

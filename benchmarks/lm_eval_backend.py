@@ -32,8 +32,8 @@ format's think-start string appended, and the returned text starts with it (s1 r
 thinking_start + thinking + delimiter + answer). Also read: `until` (stop strings; they apply to the answer
 only, never inside thinking, unlike s1's fork, which also stops thinking on them), `max_gen_toks` (caps the
 whole continuation), `temperature`, `do_sample` (False: greedy; True without a temperature: 1.0), `top_p`,
-`top_k`, `seed`, `repetition_penalty`, `presence_penalty`, `frequency_penalty`. Any other key raises, naming it (s1's rejection_sample, temperature_thinking and
-scale_func_name are not supported). Requests with the same context and gen_kwargs (lm_eval's
+`top_k`, `seed`, `repetition_penalty`, `presence_penalty`, `frequency_penalty`. Any other key raises,
+naming it (s1's rejection_sample, temperature_thinking and scale_func_name are not supported). Requests with the same context and gen_kwargs (lm_eval's
 `repeats`) run as one engine request with SamplingParams(n=k), sharing the prompt's KV.
 
 loglikelihood / loglikelihood_rolling use `LLM.score`, 64 pairs a batch. is_greedy is computed honestly: a continuation is

@@ -6,8 +6,8 @@ from dataclasses import replace
 import torch
 
 from engine.block_manager import BlockManager
-from engine.penalties import penalize
 from engine.budget import BudgetState, Phase
+from engine.penalties import penalize
 from engine.request import Request
 from engine.runner import ModelRunner
 from engine.sampling import Sampler, SamplingParams

@@ -2,10 +2,10 @@
 
 Budget forcing rides on extra body fields: `thinking_budget` (an int: the thinking cap, an object of
 ThinkingBudget's fields, or a list of those: a sweep, one choice per setting, run as forks of one
-sequence) and `think_format`; also `top_k`, `stop_token_ids`, `ignore_eos`, `repetition_penalty`. Completions take `echo`: the
-prompt comes first in each choice's text and, with `logprobs`, in its logprobs (the first prompt token's
-logprob is null), as lm-eval's loglikelihood requests read them. A field the engine cannot honour
-(tools, response formats) is an error unless it has its no-op value.
+sequence) and `think_format`; also `top_k`, `stop_token_ids`, `ignore_eos`, `repetition_penalty`.
+Completions take `echo`: the prompt comes first in each choice's text and, with `logprobs`, in its
+logprobs (the first prompt token's logprob is null), as lm-eval's loglikelihood requests read them. A
+field the engine cannot honour (tools, response formats) is an error unless it has its no-op value.
 """
 import time
 import uuid
