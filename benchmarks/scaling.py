@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.evalsets import EvalItem, load_eval_set
 from benchmarks.scaling_harness import Harness
+from benchmarks.scaling_jobs import run_plans
 from benchmarks.scaling_log import SampleLog
 from benchmarks.scaling_methods import (BudgetForcing, Conditional, Extension, Method, ParallelSampling,
                                         RejectionSampling)
@@ -24,7 +25,6 @@ from engine import LLM
 from engine.device import DTYPES, resolve_device, resolve_dtype
 from engine.tokenizer import THINK_FORMATS
 
-BATCH_QUESTIONS = 16  # questions run together (batched in the engine); a kill loses at most one batch
 METHODS = ("budget", "ignore", "token", "token-forced", "step", "step-forced", "rejection", "parallel", "best-of-n")
 
 
@@ -148,19 +148,26 @@ def claim_output(args: argparse.Namespace, items: list[EvalItem], llm: LLM) -> P
 
 
 def run_method(h: Harness, method: Method, items: list[EvalItem], out: Path) -> None:
-    """Each question once under every setting it still lacks; rows appended per (question, setting)."""
+    """Each question once under every setting it still lacks, many questions batched in the engine. The bar
+    moves as each question finishes; rows are appended per (question, setting) in the questions' order (a
+    question that finishes early waits for those before it), so a rerun writes the same files."""
     logs = {s: SampleLog(samples_path(out, method.name, s), method.rows_per_question) for s in method.settings()}
     todo = [(item, [s for s, log in logs.items() if item.id not in log.done]) for item in items]
     todo = [(item, missing) for item, missing in todo if missing]  # a resume starts where the last run stopped
+    order = [item.id for item, _ in todo]
+    finished: dict[str, dict[str, list[dict]]] = {}
     start, tokens = time.perf_counter(), 0
     with tqdm(total=len(items), initial=len(items) - len(todo), desc=method.name, unit="q") as bar:
-        for first in range(0, len(todo), BATCH_QUESTIONS):
-            work = todo[first : first + BATCH_QUESTIONS]
-            for result in method.run_batch(h, work):
-                for setting, rows in result.items():
+        plans = ((item.id, method.plan(h, item, missing)) for item, missing in todo)
+        for key, result, errors in run_plans(h.llm, plans):
+            for error in dict.fromkeys(errors):
+                bar.write(f"{method.name}: question {key} could not run ({error}); scored as unanswered", file=sys.stderr)
+            finished[key] = result
+            while order and order[0] in finished:
+                for setting, rows in finished.pop(order.pop(0)).items():
                     logs[setting].append(rows)
-                    tokens += sum(r["thinking_tokens"] + r["answer_tokens"] for r in rows)
-            bar.update(len(work))
+            tokens += sum(r["thinking_tokens"] + r["answer_tokens"] for rows in result.values() for r in rows)
+            bar.update(1)
             bar.set_postfix_str(f"{tokens / (time.perf_counter() - start):.1f} tok/s")
 
 

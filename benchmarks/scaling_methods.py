@@ -1,17 +1,19 @@
-"""s1's test-time scaling methods. Each runs one question under the settings it is asked for and returns
-its sample rows per setting (one row, or one per sample for the parallel methods)."""
+"""s1's test-time scaling methods. Each plans one question under the settings it is asked for: it yields the
+generations it needs (see benchmarks.scaling_jobs, which batches many questions' plans in the engine) and
+returns the question's sample rows per setting (one row, or one per sample for the parallel methods)."""
 from dataclasses import dataclass, replace
 
 from benchmarks.evalsets import EvalItem
 from benchmarks.scaling_harness import Harness, Sample
+from benchmarks.scaling_jobs import Job, Plan
 from benchmarks.scaling_scorers import Scorer
+from engine import Output
 
-Rows = dict[str, list[dict]]
 REJECTION_ROUND = 4  # samples drawn per round of rejection sampling (sample i = seed + i, so rounds change nothing)
 
 
 class Method:
-    """A named method whose settings each give one run; `run` does one question under some of its settings."""
+    """A named method whose settings each give one run; `plan` does one question under some of its settings."""
 
     name: str
     bound_on = "thinking_tokens"  # what `bound` limits: "thinking_tokens" or "steps"
@@ -24,12 +26,8 @@ class Method:
         """The limit a run is held to (its cap, or the budget the prompt states); None when it has none."""
         return None
 
-    def run(self, h: Harness, item: EvalItem, settings: list[str]) -> Rows:
+    def plan(self, h: Harness, item: EvalItem, settings: list[str]) -> Plan:
         raise NotImplementedError
-
-    def run_batch(self, h: Harness, work: list[tuple[EvalItem, list[str]]]) -> list[Rows]:
-        """Several questions, each under the settings it lacks; methods that can batch them override this."""
-        return [self.run(h, item, settings) for item, settings in work]
 
 
 def cap_for(h: Harness, prompt: list[int], setting: str) -> int:
@@ -49,16 +47,11 @@ class BudgetForcing(Method):
     def bound(self, setting: str) -> int | None:
         return None if setting == "auto" else int(setting)
 
-    def run(self, h: Harness, item: EvalItem, settings: list[str]) -> Rows:
-        return self.run_batch(h, [(item, settings)])[0]
-
-    def run_batch(self, h: Harness, work: list[tuple[EvalItem, list[str]]]) -> list[Rows]:
-        prompts = [h.prompt(item) for item, _ in work]
-        caps = [[cap_for(h, p, s) for s in settings] for p, (_, settings) in zip(prompts, work)]
-        rows = h.llm.sweep(prompts, [h.params(p, item) for p, (item, _) in zip(prompts, work)],
-                           [[h.budget(c) for c in cs] for cs in caps], use_tqdm=False)
-        return [{s: [h.row(item, Sample.of(o), c)] for s, c, o in zip(settings, cs, row)}
-                for (item, settings), cs, row in zip(work, caps, rows)]
+    def plan(self, h: Harness, item: EvalItem, settings: list[str]) -> Plan:
+        prompt = h.prompt(item)
+        caps = [cap_for(h, prompt, s) for s in settings]
+        [outputs] = yield [Job(prompt, h.params(prompt, item), [h.budget(c) for c in caps])]
+        return {s: [h.row(item, Sample.of(o), c)] for s, c, o in zip(settings, caps, outputs)}
 
 
 @dataclass(frozen=True)
@@ -72,17 +65,11 @@ class Extension(Method):
     def settings(self) -> list[str]:
         return [str(k) for k in self.num_ignores]
 
-    def run(self, h: Harness, item: EvalItem, settings: list[str]) -> Rows:
-        return self.run_batch(h, [(item, settings)])[0]
-
-    def run_batch(self, h: Harness, work: list[tuple[EvalItem, list[str]]]) -> list[Rows]:
-        prompts = [h.prompt(item) for item, _ in work]
-        caps = [h.auto_cap(p) for p in prompts]
-        rows = h.llm.sweep(prompts, [h.params(p, item) for p, (item, _) in zip(prompts, work)],
-                           [[h.budget(cap, num_ignore=int(s)) for s in settings] for cap, (_, settings) in zip(caps, work)],
-                           use_tqdm=False)
-        return [{s: [h.row(item, Sample.of(o), cap)] for s, o in zip(settings, row)}
-                for (item, settings), cap, row in zip(work, caps, rows)]
+    def plan(self, h: Harness, item: EvalItem, settings: list[str]) -> Plan:
+        prompt = h.prompt(item)
+        cap = h.auto_cap(prompt)
+        [outputs] = yield [Job(prompt, h.params(prompt, item), [h.budget(cap, num_ignore=int(s)) for s in settings])]
+        return {s: [h.row(item, Sample.of(o), cap)] for s, o in zip(settings, outputs)}
 
 
 @dataclass(frozen=True)
@@ -109,34 +96,49 @@ class Conditional(Method):
     def bound(self, setting: str) -> int:
         return int(setting)
 
-    def run(self, h: Harness, item: EvalItem, settings: list[str]) -> Rows:
+    def plan(self, h: Harness, item: EvalItem, settings: list[str]) -> Plan:
         prompts = [h.prompt(item, f"Think for up to {s} {self.unit}.") for s in settings]
         caps = [int(s) if self.forced and self.unit == "tokens" else h.auto_cap(p) for s, p in zip(settings, prompts)]
-        params = [h.params(p, item, h.budget(c)) for p, c in zip(prompts, caps)]
-        samples = [Sample.of(o) for o in h.llm.generate(prompts, params, use_tqdm=False)]
+        outputs = yield [Job(p, h.params(p, item, h.budget(c))) for p, c in zip(prompts, caps)]
+        samples = [Sample.of(o) for [o] in outputs]
         if self.forced and self.unit == "steps":
-            samples = [cut_steps(h, item, p, s, int(n)) for p, s, n in zip(prompts, samples, settings)]
+            cuts = [step_cut(h, item, p, s, int(n)) for p, s, n in zip(prompts, samples, settings)]
+            answers = iter((yield [cut.job for cut in cuts if cut is not None]))
+            samples = [s if cut is None else cut.joined(next(answers)[0], s) for s, cut in zip(samples, cuts)]
         bounds = [int(s) if self.unit == "tokens" else c for s, c in zip(settings, caps)]  # the run's token limit
         return {s: [h.row(item, sample, b)] for s, sample, b in zip(settings, samples, bounds)}
 
 
-def cut_steps(h: Harness, item: EvalItem, prompt: list[int], sample: Sample, max_steps: int) -> Sample:
-    """The sample with its thinking cut after `max_steps` non-empty lines and the answer generated anew from
-    there; unchanged when it thought in fewer steps."""
+@dataclass(frozen=True)
+class StepCut:
+    """A sample's thinking cut after its N-th step, the end delimiter forced, and the answer's generation."""
+
+    thinking: str
+    forced: str  # the end delimiter and final-answer string
+    thinking_tokens: int
+    job: Job
+
+    def joined(self, answer: Output, sample: Sample) -> Sample:
+        return Sample(self.thinking + self.forced + answer.text, self.thinking, answer.answer_text, self.thinking_tokens,
+                      answer.num_answer_tokens, sample.ignores_used, answer.finish_reason, sample.extra)
+
+
+def step_cut(h: Harness, item: EvalItem, prompt: list[int], sample: Sample, max_steps: int) -> StepCut | None:
+    """The cut of a sample's thinking after `max_steps` non-empty lines, with the job that answers anew from
+    there; None when it thought in fewer steps."""
     lines = sample.thinking_text.splitlines(keepends=True)
     nonempty = [i for i, line in enumerate(lines) if line.strip()]
     if len(nonempty) <= max_steps:
-        return sample
+        return None
     thinking = "".join(lines[: nonempty[max_steps - 1] + 1])
     forced = h.think_end() + (h.final_answer_str or "")
     tokenizer = h.llm.tokenizer
-    context = prompt + tokenizer.encode_piece(thinking) + tokenizer.encode_piece(forced)
+    thinking_ids = tokenizer.encode_piece(thinking)
+    context = prompt + thinking_ids + tokenizer.encode_piece(forced)
     params = h.params(context, item)
     if h.max_answer_tokens is not None:
         params = replace(params, max_tokens=min(params.max_tokens, h.max_answer_tokens))
-    answer = h.llm.generate(context, params, use_tqdm=False)[0]
-    return Sample(thinking + forced + answer.text, thinking, answer.answer_text, len(tokenizer.encode_piece(thinking)),
-                  answer.num_answer_tokens, sample.ignores_used, answer.finish_reason, sample.extra)
+    return StepCut(thinking, forced, len(thinking_ids), Job(context, params))
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ class RejectionSampling(Method):
     def bound(self, setting: str) -> int:
         return int(setting)
 
-    def run(self, h: Harness, item: EvalItem, settings: list[str]) -> Rows:
+    def plan(self, h: Harness, item: EvalItem, settings: list[str]) -> Plan:
         prompt = h.prompt(item)
         auto = h.auto_cap(prompt)
         accepted: dict[str, Sample] = {}
@@ -162,8 +164,8 @@ class RejectionSampling(Method):
         while len(samples) < self.max_tries and len(accepted) < len(settings):
             n = min(REJECTION_ROUND, self.max_tries - len(samples))
             params = h.params(prompt, item, h.budget(auto), sampled=True, n=n)
-            params = replace(params, seed=params.seed + len(samples))
-            samples += [Sample.of(o) for o in h.llm.generate(prompt, params, use_tqdm=False)]
+            [outputs] = yield [Job(prompt, replace(params, seed=params.seed + len(samples)))]
+            samples += [Sample.of(o) for o in outputs]
             for s in settings:
                 fitting = [i for i, x in enumerate(samples) if x.ended_thinking and x.thinking_tokens <= int(s)]
                 if s not in accepted and fitting:
@@ -191,12 +193,11 @@ class ParallelSampling(Method):
     def settings(self) -> list[str]:
         return [f"n{self.n}"]
 
-    def run(self, h: Harness, item: EvalItem, settings: list[str]) -> Rows:
+    def plan(self, h: Harness, item: EvalItem, settings: list[str]) -> Plan:
         prompt = h.prompt(item)
         cap = h.auto_cap(prompt)
         logprobs = None if self.scorer is None else 0
-        params = h.params(prompt, item, h.budget(cap), sampled=True, n=self.n, logprobs=logprobs)
-        outputs = h.llm.generate(prompt, params, use_tqdm=False)
+        [outputs] = yield [Job(prompt, h.params(prompt, item, h.budget(cap), sampled=True, n=self.n, logprobs=logprobs))]
         scores = [None] * len(outputs) if self.scorer is None else self.scorer(item, outputs)
         rows = []
         for o, score in zip(outputs, scores):

@@ -16,7 +16,7 @@ from engine.conversation import prompt_ids
 from engine.core import EngineCore
 from engine.device import resolve_device, resolve_dtype
 from engine.model import load_model
-from engine.outputs import Output, OutputStream, StreamDelta, make_output
+from engine.outputs import Output, OutputStream, StreamDelta, error_output, make_output
 from engine.request import Request
 from engine.runner import ModelRunner, kv_pool_blocks, warm_up_blocks
 from engine.sampling import SamplingParams
@@ -193,6 +193,11 @@ class LLM:
     def abort(self, request: Request) -> None:
         self.core.abort(request)
 
+    def step(self) -> None:
+        """One engine step over the queued requests (a batch of prefill chunks and decodes); `generate` and
+        `sweep` step until their requests finish, a caller driving requests of its own steps here."""
+        self.core.step()
+
     def has_unfinished(self) -> bool:
         return self.core.has_unfinished()
 
@@ -235,7 +240,8 @@ class LLM:
             except (ValueError, TypeError) as e:
                 if single:
                     raise
-                requests.append([_error_output(prompt, str(e), i) for i in range(getattr(sp, "n", 1))])
+                ids = list(prompt) if isinstance(prompt, list) else []
+                requests.append([error_output(ids, str(e), i) for i in range(getattr(sp, "n", 1))])
         return self._run(requests, use_tqdm)
 
     def _run(self, requests: list, use_tqdm: bool) -> list[Output]:
@@ -244,7 +250,7 @@ class LLM:
         try:
             with tqdm(total=len(pending), desc="generating", unit="req", disable=not use_tqdm or None) as bar:
                 while pending:
-                    self.core.step()
+                    self.step()
                     still = [r for r in pending if not r.is_finished]
                     bar.update(len(pending) - len(still))
                     pending = still
@@ -357,7 +363,7 @@ class RequestStream(Iterator[StreamDelta]):
         try:
             while not self.pending and not self.stream.done:
                 if not self.request.is_finished:
-                    self.llm.core.step()
+                    self.llm.step()
                 self.pending = self.stream.deltas()
         except BaseException:
             self.close()
@@ -397,19 +403,3 @@ def _describe(value) -> str:
         return f"a {type(value).__name__} (convert it with list(...) or .tolist())"
     return type(value).__name__
 
-
-def _error_output(prompt: Prompt, message: str, sample_index: int) -> Output:
-    return Output(
-        request_id=-1,
-        prompt_token_ids=list(prompt) if isinstance(prompt, list) else [],
-        token_ids=[],
-        text="",
-        thinking_text="",
-        answer_text="",
-        num_thinking_tokens=0,
-        num_answer_tokens=0,
-        num_ignores_used=0,
-        finish_reason="error",
-        error=message,
-        sample_index=sample_index,
-    )

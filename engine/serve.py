@@ -297,7 +297,7 @@ class EngineLoop:
     def _step(self) -> None:
         try:
             if self.llm.has_unfinished():
-                self.llm.core.step()
+                self.llm.step()
         except Exception as e:
             error = engine_error(e)
             for job in self.jobs:
