@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from engine.text import check_unicode
+
 
 class Phase(Enum):
     THINKING = "thinking"
@@ -44,6 +46,8 @@ class ThinkingBudget:
             raise ValueError(f"ThinkingBudget.suppress must be True or False, got {self.suppress!r}")
         if self.final_answer_str is not None and not isinstance(self.final_answer_str, str):
             raise ValueError(f"ThinkingBudget.final_answer_str must be a string or None, got {self.final_answer_str!r}")
+        check_unicode(self.ignore_str, "ThinkingBudget.ignore_str")
+        check_unicode(self.final_answer_str or "", "ThinkingBudget.final_answer_str")
 
     @property
     def can_ignore(self) -> bool:

@@ -7,6 +7,7 @@ answer tokenizes as '\\n', '\\n' instead of the spliced '\\n\\n'.
 """
 from transformers import PreTrainedTokenizerBase
 
+from engine.text import check_unicode
 from engine.tokenizer import CHATML_TEMPLATE, ThinkFormat
 
 
@@ -28,8 +29,11 @@ def check_messages(messages) -> None:
             raise TypeError(f"messages[{i}] must be a dict with role and content, got {type(m).__name__}")
         if m.get("role") not in ROLES:
             raise ValueError(f"messages[{i}] has role {m.get('role')!r}; it must be one of {', '.join(ROLES)}")
-        if not isinstance(m.get("content"), str):
-            raise TypeError(f"messages[{i}].content must be a string, got {type(m.get('content')).__name__}")
+        if "content" not in m:
+            raise ValueError(f"messages[{i}] has no content")
+        if not isinstance(m["content"], str):
+            raise TypeError(f"messages[{i}].content must be a string, got {type(m['content']).__name__}")
+        check_unicode(m["content"], f"messages[{i}].content")
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict], think_format: ThinkFormat | None) -> list[int]:

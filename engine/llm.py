@@ -21,6 +21,7 @@ from engine.request import Request
 from engine.runner import ModelRunner, kv_pool_blocks, warm_up_blocks
 from engine.sampling import SamplingParams
 from engine.sequence import Sequence
+from engine.text import check_unicode
 from engine.tokenizer import Tokenizer, get_think_format
 from engine.weights import default_model_dir
 
@@ -170,6 +171,7 @@ class LLM:
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("prompt is empty")
+            check_unicode(prompt, "the prompt")
             return self.tokenizer.encode(prompt)
         if not isinstance(prompt, list) or not all(type(t) is int for t in prompt):
             raise TypeError(
@@ -241,7 +243,7 @@ class LLM:
                 if single:
                     raise
                 ids = list(prompt) if isinstance(prompt, list) else []
-                requests.append([error_output(ids, str(e), i) for i in range(getattr(sp, "n", 1))])
+                requests.append([error_output(ids, str(e), i) for i in range(sp.n)])
         return self._run(requests, use_tqdm)
 
     def _run(self, requests: list, use_tqdm: bool) -> list[Output]:
@@ -279,13 +281,22 @@ class LLM:
         budget_lists = budgets if per_prompt else [budgets] * len(prompts)
         if len(budget_lists) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(budget_lists)} lists of budgets")
-        requests = []
+        requests: list[Request | list[Output]] = []
         try:
             for prompt, sp, settings in zip(prompts, params_list, budget_lists):
-                requests.append(self.add_sweep(prompt, sp, settings))
+                try:
+                    token_ids = self._checked_prompt_ids(prompt, sp)
+                except (ValueError, TypeError) as e:  # a bad prompt in a list: error Outputs, the others run
+                    if single:
+                        raise
+                    ids = list(prompt) if isinstance(prompt, list) else []
+                    requests.append([error_output(ids, str(e), 0) for _ in settings])
+                    continue
+                requests.append(self.add_sweep(token_ids, sp, settings))
         except BaseException:
             for r in requests:
-                self.abort(r)
+                if isinstance(r, Request):
+                    self.abort(r)
             raise
         outputs = iter(self._run(requests, use_tqdm))
         return [[next(outputs) for _ in settings] for settings in budget_lists]
@@ -336,10 +347,19 @@ class LLM:
         use_tqdm: bool = True,
     ) -> list[Output]:
         single = bool(conversations) and isinstance(conversations[0], dict)
-        conversations = [conversations] if single else conversations
-        params_list = _params_list(params, len(conversations), "conversations")
-        prompts = [self.chat_prompt(c, p) for c, p in zip(conversations, params_list)]
-        return self.generate(prompts, params_list, use_tqdm=use_tqdm)
+        params_list = _params_list(params, 1 if single else len(conversations), "conversations")
+        if single:
+            return self.generate(self.chat_prompt(conversations, params_list[0]), params_list[0], use_tqdm=use_tqdm)
+        prompts, errors = [], {}
+        for i, (conversation, sp) in enumerate(zip(conversations, params_list)):
+            try:
+                prompts.append(self.chat_prompt(conversation, sp))
+            except (ValueError, TypeError) as e:  # a bad conversation in a list: error Outputs, the others run
+                errors[i] = f"conversations[{i}]: {e}"
+        good = [sp for i, sp in enumerate(params_list) if i not in errors]
+        outputs = iter(self.generate(prompts, good, use_tqdm=use_tqdm) if prompts else [])
+        return [error_output([], errors[i], k) if i in errors else next(outputs)
+                for i, sp in enumerate(params_list) for k in range(sp.n)]
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> "RequestStream":
         """Queue a request now (bad input raises here) and return an iterator of its deltas, tagged with
@@ -392,7 +412,10 @@ def _params_list(params: SamplingParams | list[SamplingParams] | None, n: int, w
     if isinstance(params, SamplingParams):
         return [params] * n
     if not isinstance(params, list):
-        raise TypeError(f"params must be SamplingParams or a list of them, got {type(params).__name__}")
+        raise TypeError(f"params must be SamplingParams or a list of them, got {_describe(params)}")
+    bad = [i for i, p in enumerate(params) if not isinstance(p, SamplingParams)]
+    if bad:
+        raise TypeError(f"params must be SamplingParams or a list of them; params[{bad[0]}] is a {_describe(params[bad[0]])}")
     if len(params) != n:
         raise ValueError(f"got {n} {what} but {len(params)} SamplingParams; pass one, or one per item")
     return params

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.budget import ThinkingBudget
+from engine.text import check_unicode
 from engine.tokenizer import THINK_FORMATS
 
 
@@ -53,10 +54,10 @@ class SamplingParams:
             raise ValueError(f"logprobs must be None or a non-negative integer, got {self.logprobs!r}")
         if self.prompt_logprobs is not None and (not _is_int(self.prompt_logprobs) or self.prompt_logprobs < 0):
             raise ValueError(f"prompt_logprobs must be None or a non-negative integer, got {self.prompt_logprobs!r}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"temperature must be >= 0 and finite, got {self.temperature}")
-        if not 0 < self.top_p <= 1:  # also false for nan
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (_is_number(self.temperature) and math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a number >= 0 and finite, got {self.temperature!r}")
+        if not (_is_number(self.top_p) and 0 < self.top_p <= 1):  # also false for nan
+            raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
         if not _is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 and an integer (0 disables it), got {self.top_k!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= 2**64 - self.n):
@@ -71,10 +72,13 @@ class SamplingParams:
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
         if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
             raise ValueError(f"stop must be a non-empty string or a list of them, got {self.stop!r}")
+        for s in stops:
+            check_unicode(s, "stop")
         if not isinstance(self.stop_token_ids, (list, tuple)):
             raise TypeError(f"stop_token_ids must be a list or tuple of token ids, got {self.stop_token_ids!r}")
-        if not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
-            raise ValueError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
+        bad = [t for t in self.stop_token_ids if not (_is_int(t) and t >= 0)]
+        if bad:
+            raise ValueError(f"stop_token_ids must be non-negative integers, got {bad[0]!r}")
         if self.budget is not None and not isinstance(self.budget, ThinkingBudget):
             raise TypeError(f"budget must be a ThinkingBudget, got {type(self.budget).__name__}")
         for name in ("presence_penalty", "frequency_penalty"):

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import torch
 from jinja2 import TemplateError
@@ -426,35 +427,71 @@ class Handler(BaseHTTPRequestHandler):
         self.thread = threading.current_thread()
         self.server.track(self)
 
+    @property
+    def route(self) -> str:
+        """The request's path without its query string, which no route reads (as in vLLM)."""
+        return urlsplit(self.path).path
+
     def do_GET(self) -> None:
         if not self._authorized():
             return
-        if self.path in ROUTES or self.path in TOKENIZER_ROUTES:
-            self._send_error(ApiError(f"{self.path} takes POST", 405), {"Allow": "POST"})
-        elif self.path == "/health":
+        if self.route in ROUTES or self.route in TOKENIZER_ROUTES:
+            self._send_error(ApiError(f"{self.route} takes POST", 405), {"Allow": "POST"})
+        elif self.route == "/health":
             alive = self.server.loop.thread.is_alive()
             self._send_json(200 if alive else 503, {"status": "ok" if alive else "the engine thread has stopped"})
-        elif self.path == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [{
-                "id": self.server.model_name, "object": "model", "created": self.server.created,
-                "owned_by": "s1engine", "max_model_len": self.server.llm.max_model_len}]})
-        elif self.path == "/tokenizer_info":
+        elif self.route == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [self._model_card()]})
+        elif self.route.startswith("/v1/models/"):
+            name = self.route.removeprefix("/v1/models/")
+            if name == self.server.model_name:
+                self._send_json(200, self._model_card())
+            else:
+                self._send_error(ApiError(f"the model {name!r} does not exist; this server serves "
+                                          f"{self.server.model_name!r}", 404, param="model", kind="not_found_error"))
+        elif self.route == "/tokenizer_info":
             self._engine_reply(tokenizer_info)
-        elif self.path == "/metrics":
+        elif self.route == "/metrics":
             self._engine_reply(lambda llm: self.server.loop.metrics() + self.server.http_metrics())
         else:
-            self._send_error(ApiError(f"no route GET {self.path}", 404, kind="not_found_error"))
+            self._send_error(ApiError(f"no route GET {self.route}", 404, kind="not_found_error"))
+
+    def do_HEAD(self) -> None:
+        """Probes: HEAD /health gets GET's status without a body; other routes take GET or POST."""
+        if self.route == "/health":
+            status = 200 if self.server.loop.thread.is_alive() else 503
+        else:
+            status = 405 if self.route in (*GET_ROUTES, *ROUTES, *TOKENIZER_ROUTES) else 404
+        self.server.count(self.route, status)
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _wrong_method(self) -> None:
+        """A method no route takes: 405 naming the one the route takes, or 404 for an unknown path."""
+        self.close_connection = True  # any body is left unread
+        allowed = "GET" if self.route in GET_ROUTES else "POST" if self.route in (*ROUTES, *TOKENIZER_ROUTES) else None
+        if allowed is None:
+            self._send_error(ApiError(f"no route {self.command} {self.route}", 404, kind="not_found_error"))
+        else:
+            self._send_error(ApiError(f"{self.route} takes {allowed}, not {self.command}", 405), {"Allow": allowed})
+
+    do_PUT = do_DELETE = do_PATCH = _wrong_method
+
+    def _model_card(self) -> dict:
+        return {"id": self.server.model_name, "object": "model", "created": self.server.created,
+                "owned_by": "s1engine", "max_model_len": self.server.llm.max_model_len}
 
     def do_POST(self) -> None:
         if not self._authorized():
             return
-        if self.path in GET_ROUTES:
-            self._send_error(ApiError(f"{self.path} takes GET", 405), {"Allow": "GET"})
+        if self.route in GET_ROUTES:
+            self._send_error(ApiError(f"{self.route} takes GET", 405), {"Allow": "GET"})
             return
-        if self.path in TOKENIZER_ROUTES:
+        if self.route in TOKENIZER_ROUTES:
             try:
                 body = self._read_json()
-                if self.path == "/tokenize":
+                if self.route == "/tokenize":
                     prompt, special = parse_tokenize(body)
                     self._engine_reply(lambda llm: tokenize(llm, prompt, special))
                 else:
@@ -463,12 +500,12 @@ class Handler(BaseHTTPRequestHandler):
             except ApiError as e:
                 self._send_error(e)
             return
-        if self.path not in ROUTES:
+        if self.route not in ROUTES:
             routes = ", ".join([*ROUTES, *TOKENIZER_ROUTES])
-            self._send_error(ApiError(f"no route POST {self.path}; try {routes}", 404, kind="not_found_error"))
+            self._send_error(ApiError(f"no route POST {self.route}; try {routes}", 404, kind="not_found_error"))
             return
         try:
-            api = parse_request(self._read_json(), ROUTES[self.path], self.server.model_name,
+            api = parse_request(self._read_json(), ROUTES[self.route], self.server.model_name,
                                 self.server.llm.max_model_len)
         except ApiError as e:
             self._send_error(e)
@@ -490,7 +527,7 @@ class Handler(BaseHTTPRequestHandler):
     def _authorized(self) -> bool:
         """With an API key set, a request outside OPEN_ROUTES must carry it as a bearer token (else a 401)."""
         key = self.server.api_key
-        if key is None or self.path in OPEN_ROUTES:
+        if key is None or self.route in OPEN_ROUTES:
             return True
         scheme, _, given = self.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode()):
@@ -557,7 +594,7 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(f"the body is not valid JSON: {e}") from None
 
     def _stream(self, job: Job) -> None:
-        self.server.count(self.path, 200)
+        self.server.count(self.route, 200)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -589,7 +626,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send_body(status, json.dumps(body).encode(), "application/json", headers)
 
     def _send_body(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
-        self.server.count(self.path, status)
+        self.server.count(self.route, status)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -607,7 +644,7 @@ class Handler(BaseHTTPRequestHandler):
         """http.server's own errors (an unsupported method, a malformed request line, headers too long) as
         the same JSON errors as ours, not its HTML page; the connection closes after them."""
         self.close_connection = True
-        self.server.count(self.path if self.command else "", code)  # no command: the request line was bad
+        self.server.count(self.route if self.command else "", code)  # no command: the request line was bad
         error = ApiError(message or HTTPStatus(code).phrase, code)
         data = json.dumps(error.body()).encode()
         self.send_response(code, message)

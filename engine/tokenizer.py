@@ -5,6 +5,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engine.budget import BudgetTokens, ThinkingBudget
+from engine.text import check_unicode
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,12 @@ class Tokenizer:
         self.vocab_size = len(self.hf)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        check_unicode(text, "the text to tokenize")
         return self.hf.encode(text, add_special_tokens=add_special_tokens)
 
     def encode_piece(self, text: str) -> list[int]:
         """Tokens of a piece spliced mid-sequence (no BOS)."""
-        return self.hf.encode(text, add_special_tokens=False)
+        return self.encode(text, add_special_tokens=False)
 
     def decode(self, token_ids: list[int]) -> str:
         return self.hf.decode(token_ids, skip_special_tokens=False)

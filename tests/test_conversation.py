@@ -70,7 +70,9 @@ def test_a_template_that_rewrites_the_answer_is_refused(tokenizer):
 
 
 @pytest.mark.parametrize("messages, error, message", [
-    ([{"role": "user"}], TypeError, r"messages\[0\].content must be a string, got NoneType"),
+    ([{"role": "user"}], ValueError, r"messages\[0\] has no content"),
+    ([{"role": "user", "content": None}], TypeError, r"messages\[0\].content must be a string, got NoneType"),
+    ([{"role": "user", "content": "\ud800"}], ValueError, r"messages\[0\].content is not valid Unicode"),
     ([{"role": "bogus", "content": "x"}], ValueError, "has role 'bogus'; it must be one of system, user, assistant"),
     ([], ValueError, "a conversation is a non-empty list"),
     (["hi"], TypeError, r"messages\[0\] must be a dict"),

@@ -83,6 +83,8 @@ def test_unsupported_rope_scaling():
         ({"num_ignore": -1}, "num_ignore must be a non-negative integer"),
         ({"max_answer_tokens": -2}, "max_answer_tokens must be a non-negative integer"),
         ({"suppress": "false"}, "suppress must be True or False"),
+        ({"num_ignore": 1, "ignore_str": "W\udc00"}, "ignore_str is not valid Unicode: it holds a lone surrogate"),
+        ({"final_answer_str": "\ud800"}, "final_answer_str is not valid Unicode"),
     ],
 )
 def test_bad_budgets(kwargs, message):
@@ -93,8 +95,8 @@ def test_bad_budgets(kwargs, message):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"temperature": -1.0}, "temperature must be >= 0"),
-        ({"top_p": 0.0}, "top_p must be in"),
+        ({"temperature": -1.0}, "temperature must be a number >= 0"),
+        ({"top_p": 0.0}, "top_p must be a number in"),
         ({"top_k": -1}, "top_k must be >= 0"),
         ({"max_tokens": 0}, "max_tokens is 0, which only scores the prompt: it needs prompt_logprobs"),
         ({"max_tokens": -1}, "max_tokens must be a non-negative integer"),
@@ -118,6 +120,14 @@ def test_bad_prompts_raise_alone(llm):
         llm.generate([5] * 80, SamplingParams(max_tokens=4), use_tqdm=False)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         llm.generate([5, 10**6], SamplingParams(max_tokens=4), use_tqdm=False)
+    with pytest.raises(ValueError, match="the prompt is not valid Unicode: it holds a lone surrogate '.ud800' at character 2"):
+        llm.generate("ab\ud800", SamplingParams(max_tokens=4), use_tqdm=False)
+    with pytest.raises(ValueError, match="messages.0. has no content"):
+        llm.chat([{"role": "user"}], SamplingParams(max_tokens=4), use_tqdm=False)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        llm.sweep("", SamplingParams(max_tokens=4), [ThinkingBudget(max_tokens=1)], use_tqdm=False)
+    with pytest.raises(TypeError, match=r"params\[1\] is a str"):
+        llm.generate([[5], [6]], [SamplingParams(), "greedy"], use_tqdm=False)
     assert not llm.has_unfinished()
     llm.core.block_manager.check_all_free()
 
@@ -131,6 +141,24 @@ def test_one_bad_request_does_not_stop_the_batch(llm):
     outs = llm.generate([[5, 6, 7], ""], SamplingParams(max_tokens=2, n=2), use_tqdm=False)
     assert [(o.finish_reason, o.sample_index) for o in outs] == [("length", 0), ("length", 1), ("error", 0), ("error", 1)]
     assert outs[2] is not outs[3]  # one Output per sample, not one object repeated
+    llm.core.block_manager.check_all_free()
+
+
+def test_a_bad_conversation_or_sweep_prompt_in_a_list_does_not_stop_the_others(llm):
+    params = SamplingParams(max_tokens=3, ignore_eos=True, n=2)
+    good = [{"role": "user", "content": "hi"}]
+    outs = llm.chat([good, [{"role": "user"}], [{"role": "user", "content": "x\ud800"}], good], params, use_tqdm=False)
+    assert [(o.finish_reason, o.sample_index) for o in outs] == [("length", 0), ("length", 1), ("error", 0), ("error", 1),
+                                                                  ("error", 0), ("error", 1), ("length", 0), ("length", 1)]
+    assert outs[2].error == "conversations[1]: messages[0] has no content"
+    assert outs[4].error.startswith("conversations[2]: messages[0].content is not valid Unicode")
+    assert [o.token_ids for o in outs[6:]] == [o.token_ids for o in llm.chat(good, params, use_tqdm=False)]
+    budgets = [ThinkingBudget(max_tokens=1), ThinkingBudget(max_tokens=2)]
+    rows = llm.sweep([[5, 6], [9] * 80, [7]], SamplingParams(max_tokens=4), budgets, use_tqdm=False)
+    assert [[o.finish_reason for o in row] for row in rows] == [["length"] * 2, ["error"] * 2, ["length"] * 2]
+    assert "context holds 64" in rows[1][0].error
+    assert [o.token_ids for o in rows[2]] == [o.token_ids for o in llm.sweep([7], SamplingParams(max_tokens=4), budgets,
+                                                                            use_tqdm=False)[0]]
     llm.core.block_manager.check_all_free()
 
 

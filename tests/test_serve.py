@@ -172,7 +172,7 @@ BAD = [
     ("/v1/completions", {"prompt": "hi", "max_tokens": "ten"}, 400, "max_tokens must be an integer"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, 400, "max_tokens must be positive (0 only with echo"),
     ("/v1/chat/completions", {"messages": MESSAGES, "max_completion_tokens": 0}, 400, "max_completion_tokens must be positive"),
-    ("/v1/completions", {"prompt": "hi", "temperature": -1}, 400, "temperature must be >= 0"),
+    ("/v1/completions", {"prompt": "hi", "temperature": -1}, 400, "temperature must be a number >= 0"),
     ("/v1/completions", {"prompt": "hi", "logprobs": 21}, 400, "logprobs must be between 0 and 20"),
     ("/v1/completions", {"prompt": "hi", "stream_options": {"include_usage": True}}, 400, "needs stream=true"),
     ("/v1/completions", {"prompt": []}, 400, "prompt must be"),
@@ -213,10 +213,36 @@ def test_errors_name_the_field(server, body, param):
 
 def test_models_and_health(server):
     assert request(server, "GET", "/health") == (200, {"status": "ok"})
+    assert request(server, "GET", "/health?probe=1") == (200, {"status": "ok"})  # a query string is ignored
     status, models = request(server, "GET", "/v1/models")
     assert status == 200 and models["data"][0]["id"] == server.model_name == server.llm.model_dir.name
+    assert request(server, "GET", f"/v1/models/{server.model_name}") == (200, models["data"][0])
+    status, body = request(server, "GET", "/v1/models/gpt-4")
+    assert status == 404 and body["error"]["param"] == "model" and "'gpt-4' does not exist" in body["error"]["message"]
     assert post(server, "/v1/completions", {"prompt": "hi", "max_tokens": 2, "model": server.model_name})[0] == 200
+    assert post(server, "/v1/completions?api-version=1", {"prompt": "hi", "max_tokens": 2})[0] == 200
     assert request(server, "GET", "/v1/nothing")[0] == 404
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+    for path, status in (("/health", 200), ("/v1/models", 405), ("/v1/nothing", 404)):
+        conn.request("HEAD", path)
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (status, b""), path
+    conn.close()
+
+
+def test_a_stop_string_that_is_not_unicode_fails_its_request_alone(server):
+    """A lone surrogate ("\\ud800" in JSON) in one request's stop strings once failed the engine step, and with
+    it every request running beside it."""
+    with ThreadPoolExecutor(2) as pool:
+        victim = pool.submit(post, server, "/v1/completions", {"prompt": "hi", "max_tokens": 40, "ignore_eos": True})
+        time.sleep(0.2)
+        status, body = post(server, "/v1/completions", {"prompt": "abc", "max_tokens": 2, "stop": "\ud800"})
+        assert status == 400 and body["error"]["param"] == "stop" and "lone surrogate" in body["error"]["message"]
+        status, body = victim.result()
+    assert status == 200 and body["usage"]["completion_tokens"] == 40
+    status, body = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "a\udc00"}]})
+    assert status == 400 and "messages[0].content is not valid Unicode" in body["error"]["message"]
+    assert idle(server)["num_used_blocks"] == 0
 
 
 def test_concurrent_requests_batch_and_each_equals_its_run_alone(server, s1_llm):
@@ -410,8 +436,13 @@ def test_a_route_named_with_the_wrong_method_answers_405(server):
     status, body = request(server, "GET", "/v1/completions")
     assert status == 405 and "takes POST" in body["error"]["message"]
     assert post(server, "/v1/models", {})[0] == 405
-    status, body = request(server, "DELETE", "/v1/models")  # http.server's own errors are JSON too
-    assert status == 501 and body["error"]["message"] == "Unsupported method ('DELETE')"
+    status, body = request(server, "DELETE", "/v1/models")
+    assert status == 405 and body["error"]["message"] == "/v1/models takes GET, not DELETE"
+    status, body = request(server, "PUT", "/v1/chat/completions", {})
+    assert status == 405 and "takes POST, not PUT" in body["error"]["message"]
+    assert request(server, "PATCH", "/v1/nothing")[0] == 404
+    status, body = request(server, "OPTIONS", "/v1/models")  # http.server's own errors are JSON too
+    assert status == 501 and body["error"]["message"] == "Unsupported method ('OPTIONS')"
     with socket.create_connection(server.server_address[:2], timeout=30) as raw:
         raw.sendall(b"NONSENSE\r\n\r\n")
         reply = raw.makefile("rb").read().decode()
