@@ -5,16 +5,18 @@ scaling.png (accuracy against average thinking tokens, one line per method) and,
 parallel.png. Rerunning into the same --output resumes: finished (question, setting) pairs are not redone.
 """
 import argparse
+import fcntl
 import hashlib
 import json
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from tqdm.auto import tqdm
 
 from benchmarks.evalsets import EvalItem, load_eval_set
-from benchmarks.scaling_harness import Harness
+from benchmarks.scaling_harness import AUTO_ANSWER_ROOM, Harness
 from benchmarks.scaling_jobs import run_plans
 from benchmarks.scaling_log import SampleLog
 from benchmarks.scaling_methods import (BudgetForcing, Conditional, Extension, Method, ParallelSampling,
@@ -119,39 +121,88 @@ def load_items(args: argparse.Namespace) -> list[EvalItem]:
     return items
 
 
-RESULT_FLAGS = ("model", "data", "limit", "think_format", "system", "max_tokens", "max_answer_tokens",
+RESULT_FLAGS = ("model", "think_format", "system", "max_tokens", "max_answer_tokens",
                 "final_answer_str", "ignore_str", "temperature", "top_p", "top_k", "sample_temperature", "seed",
                 "max_tries", "scorer")
 
 
-def claim_output(args: argparse.Namespace, items: list[EvalItem], llm: LLM) -> Path:
-    """The output dir, holding run.json with what shapes samples: the flags, the questions themselves (a
-    digest: a data file edited in place is another set) and the engine's device and dtype; resuming with
-    other ones would mix incomparable samples, so it is refused (methods and settings may change: they have
-    files of their own)."""
+def question_digest(item: EvalItem) -> str:
+    return hashlib.sha256(json.dumps([item.question, item.answer, item.choices]).encode()).hexdigest()
+
+
+def claim_output(args: argparse.Namespace, items: list[EvalItem], llm: LLM) -> TextIO:
+    """Lock the output dir for this run and record in its run.json what shapes samples: the flags, the
+    engine's device and dtype, and a digest of every question by id. Resuming with other flags, or with a
+    question whose text, answer or options changed under its id, would mix incomparable samples, so it is
+    refused; other questions (a larger --limit, another file) and other methods and settings may join.
+    Returns the locked run.json, held open while the run lasts."""
     out = Path(args.output)
-    questions = json.dumps([[i.id, i.question, i.answer, i.choices] for i in items])
-    flags = {**{name: getattr(args, name) for name in RESULT_FLAGS}, "device": llm.device.type,
-             "dtype": str(llm.dtype).removeprefix("torch."), "questions_sha256": hashlib.sha256(questions.encode()).hexdigest()}
-    record = out / "run.json"
-    try:
-        old = json.loads(record.read_text()) if record.exists() else flags
-    except ValueError as e:
-        raise UsageError(f"{record} is not valid JSON ({e}); delete it to start the run over, or use another dir") from None
-    changed = sorted(k for k in flags if old.get(k) != flags[k])
-    if changed:
-        raise UsageError(f"--output {out} holds a run made with other {', '.join(changed)}; resume with the same "
-                         "flags or use another dir")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {out} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(flags, indent=2) + "\n")
-    return out
+    record = open(out / "run.json", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(record, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        record.close()
+        raise UsageError(f"--output {out} is in use by another run; wait for it or use another dir") from None
+    record.seek(0)
+    text = record.read()
+    flags = {**{name: getattr(args, name) for name in RESULT_FLAGS}, "device": llm.device.type,
+             "dtype": str(llm.dtype).removeprefix("torch.")}
+    try:
+        old = json.loads(text) if text else {**flags, "questions": {}}
+    except ValueError as e:
+        record.close()
+        raise UsageError(f"{out / 'run.json'} is not valid JSON ({e}); delete it to start the run over, or use "
+                         "another dir") from None
+    changed = sorted(k for k in flags if old.get(k) != flags[k])
+    questions = dict(old.get("questions", {}))
+    edited = [i.id for i in items if questions.setdefault(i.id, question_digest(i)) != question_digest(i)]
+    if changed or edited:
+        record.close()
+        what = f"other {', '.join(changed)}" if changed else f"another question under the id {edited[0]!r}"
+        raise UsageError(f"--output {out} holds a run made with {what}; resume with the same flags and questions "
+                         "or use another dir")
+    record.seek(0)
+    record.truncate()
+    record.write(json.dumps({**flags, "questions": questions}, indent=2) + "\n")
+    record.flush()
+    return record
 
 
-def run_method(h: Harness, method: Method, items: list[EvalItem], out: Path) -> None:
+def check_room(h: Harness, methods: list[Method], items: list[EvalItem]) -> None:
+    """Refuse a run whose "auto" thinking cap is 0 for a question that fits (it would not think at all under
+    the methods that use it); warn when a forced cap lies above it (thinking then ends by length, maybe
+    before any answer)."""
+    prompts = {item.id: h.prompt(item) for item in items}
+    fitting = [i for i in items if h.room(prompts[i.id]) > 0]  # the rest are reported when they run
+    auto = {i.id: h.auto_cap(prompts[i.id]) for i in fitting}
+    users = [m.name for m in methods if m.uses_auto_cap]
+    starved = [i for i in fitting if auto[i.id] == 0]
+    if users and starved:
+        room = f"--max-tokens {h.max_tokens}" if h.max_tokens is not None else f"the context ({h.llm.max_model_len} tokens)"
+        raise UsageError(f"{room} leaves {len(starved)} of {len(items)} questions no room to think under "
+                         f"{', '.join(users)}: the 'auto' cap is the room less the splices and the answer's "
+                         f"{min(AUTO_ANSWER_ROOM, h.max_answer_tokens or AUTO_ANSWER_ROOM)} tokens; raise --max-tokens "
+                         "or lower --max-answer-tokens")
+    for method in methods:
+        over = {cap: sum(cap > auto[i.id] for i in fitting) for cap in method.forced_caps}
+        over = {cap: n for cap, n in over.items() if n}
+        if over:
+            caps = ", ".join(f"{cap} ({n} of {len(items)})" for cap, n in over.items())
+            print(f"warning: {method.name} caps above the 'auto' cap of some questions: {caps}; their thinking may "
+                  "end by length, without an answer (raise --max-tokens or lower the caps)", file=sys.stderr)
+
+
+def open_logs(method: Method, out: Path) -> dict[str, SampleLog]:
+    return {s: SampleLog(samples_path(out, method.name, s), method.rows_per_question) for s in method.settings()}
+
+
+def run_method(h: Harness, method: Method, logs: dict[str, SampleLog], items: list[EvalItem]) -> None:
     """Each question once under every setting it still lacks, many questions batched in the engine. The bar
     moves as each question finishes; rows are appended per (question, setting) in the questions' order (a
     question that finishes early waits for those before it), so a rerun writes the same files."""
-    logs = {s: SampleLog(samples_path(out, method.name, s), method.rows_per_question) for s in method.settings()}
     todo = [(item, [s for s, log in logs.items() if item.id not in log.done]) for item in items]
     todo = [(item, missing) for item, missing in todo if missing]  # a resume starts where the last run stopped
     order = [item.id for item, _ in todo]
@@ -184,19 +235,31 @@ def main(argv: list[str] | None = None) -> int:
                     args.sample_temperature, args.seed)
         for sampled in (False, True):  # bad sampling or budget flags fail here, not mid-run
             h.params(h.prompt(items[0]), items[0], h.budget(None, num_ignore=1), sampled=sampled)
-        out = claim_output(args, items, llm)
+        check_room(h, methods, items)
+        out = Path(args.output)
+        lock = claim_output(args, items, llm)
     except (ValueError, OSError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with lock:  # the dir stays locked while this runs
+        return run(args, h, methods, items, out)
+
+
+def run(args: argparse.Namespace, h: Harness, methods: list[Method], items: list[EvalItem], out: Path) -> int:
+    try:
+        logs = {method.name: open_logs(method, out) for method in methods}
+    except ValueError as e:  # a samples file with a line not written here
         print(f"error: {e}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     try:
         for method in methods:
-            run_method(h, method, items, out)
+            run_method(h, method, logs[method.name], items)
     except KeyboardInterrupt:
         print(f"\ninterrupted: rerun the same command to resume into {out}", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
     header = {"model": str(args.model or "default"), "data": list(args.data), "num_questions": len(items)}
-    summary = summarize(methods, out, header)
+    summary = summarize(methods, out, header, {item.id for item in items})
     write_summary(summary, out)
     paths = plot(summary, out)
     print(f"done in {time.perf_counter() - start:.0f} s (this invocation); wrote {out / 'summary.md'}, "

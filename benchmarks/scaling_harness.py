@@ -89,15 +89,17 @@ class Harness:
         return (self.seed * 1_000_003 + zlib.crc32(item.id.encode())) % 2**31
 
     def row(self, item: EvalItem, sample: Sample, max_thinking_tokens: int | None) -> dict:
-        """A sample row; `max_thinking_tokens` is the run's token limit (its cap, or the one the prompt states)."""
-        extracted = extract_answer(sample.text, self.think_format)
+        """A sample row; `max_thinking_tokens` is the run's token limit (its cap, or the one the prompt states).
+        A sample whose thinking never ended (cut by length, or not run) has no answer: its text is thinking."""
+        ended = sample.ended_thinking
+        extracted = extract_answer(sample.text, self.think_format) if ended else None
         return {
             "id": item.id, "question": item.question, "reference": item.answer, "output": sample.text,
             "thinking_text": sample.thinking_text, "answer_text": sample.answer_text,
             "extracted_answer": extracted,
             # what a majority vote counts: the option letter of a multiple-choice answer
             "vote": choice_letter(extracted, item.choices) if item.choices and extracted is not None else extracted,
-            "correct": grade(sample.text, item.answer, choices=item.choices, think_format=self.think_format),
+            "correct": ended and grade(sample.text, item.answer, choices=item.choices, think_format=self.think_format),
             "thinking_tokens": sample.thinking_tokens, "answer_tokens": sample.answer_tokens,
             "ignores_used": sample.ignores_used, "finish_reason": sample.finish_reason,
             "max_thinking_tokens": max_thinking_tokens, **dict(sample.extra),

@@ -1,6 +1,7 @@
 """A samples file that survives interruption: whole questions are appended and flushed; on reopening, a
 half-written last line, or a question whose rows were not all written, is dropped (the file is rewritten
-without it) so that the question runs again."""
+without it) so that the question runs again. A whole line that is not JSON was not written here: it is
+reported, never dropped with the rows after it."""
 import json
 import os
 from pathlib import Path
@@ -18,11 +19,16 @@ class SampleLog:
             return []
         raw = self.path.read_bytes()
         rows = []
-        for line in raw.split(b"\n")[:-1]:  # a last piece without its newline was never fully written
+        for line_no, line in enumerate(raw.split(b"\n")[:-1], 1):  # a last piece without its newline is torn
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+                row = json.loads(line)
+                problem = None if isinstance(row, dict) and "id" in row else "not an object with an id"
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                problem = str(e)
+            if problem is not None:
+                raise ValueError(f"{self.path}:{line_no} is not a sample row ({problem}); fix or delete that line "
+                                 "(its question then runs again)")
+            rows.append(row)
         counts: dict[str, int] = {}
         for row in rows:
             counts[row["id"]] = counts.get(row["id"], 0) + 1

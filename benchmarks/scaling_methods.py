@@ -18,6 +18,8 @@ class Method:
     name: str
     bound_on = "thinking_tokens"  # what `bound` limits: "thinking_tokens" or "steps"
     rows_per_question = 1
+    uses_auto_cap = True  # some setting runs under the "auto" thinking cap
+    forced_caps: tuple[int, ...] = ()  # thinking caps it forces besides "auto"
 
     def settings(self) -> list[str]:
         raise NotImplementedError
@@ -46,6 +48,14 @@ class BudgetForcing(Method):
 
     def bound(self, setting: str) -> int | None:
         return None if setting == "auto" else int(setting)
+
+    @property
+    def uses_auto_cap(self) -> bool:
+        return "auto" in self.caps
+
+    @property
+    def forced_caps(self) -> tuple[int, ...]:
+        return tuple(int(c) for c in self.caps if c != "auto")
 
     def plan(self, h: Harness, item: EvalItem, settings: list[str]) -> Plan:
         prompt = h.prompt(item)
@@ -89,6 +99,14 @@ class Conditional(Method):
     @property
     def bound_on(self) -> str:
         return "thinking_tokens" if self.unit == "tokens" else "steps"
+
+    @property
+    def uses_auto_cap(self) -> bool:
+        return not self.forced or self.unit == "steps"
+
+    @property
+    def forced_caps(self) -> tuple[int, ...]:
+        return self.budgets if self.forced and self.unit == "tokens" else ()
 
     def settings(self) -> list[str]:
         return [str(b) for b in self.budgets]

@@ -16,19 +16,23 @@ def samples_path(out: Path, method: str, setting: str) -> Path:
     return out / f"samples-{method}-{setting}.jsonl"
 
 
-def summarize(methods: list[Method], out: Path, header: dict) -> dict:
+def summarize(methods: list[Method], out: Path, header: dict, ids: set[str]) -> dict:
+    """The runs of `methods` over the questions `ids` (a samples file may hold more, from a run with a
+    larger --limit), and the samples files in `out` that are left out (other methods or settings)."""
     runs, scores = [], {}
     for method in methods:
         method_runs = []
         for setting in method.settings():
-            rows = read_rows(samples_path(out, method.name, setting))
+            rows = [r for r in read_rows(samples_path(out, method.name, setting)) if r["id"] in ids]
             if isinstance(method, ParallelSampling):
                 method_runs += parallel_runs(method.name, rows)
             else:
                 method_runs.append(single_run(method, setting, rows))
         runs += method_runs
         scores[method.name] = method_metrics(method_runs)
-    return {**header, "settings": runs, "methods": scores}
+    listed = {samples_path(out, m.name, s).name for m in methods for s in m.settings()}
+    others = sorted(p.name for p in out.glob("samples-*.jsonl") if p.name not in listed)
+    return {**header, "settings": runs, "methods": scores, "not_summarized": others}
 
 
 def single_run(method: Method, setting: str, rows: list[dict]) -> dict:
@@ -124,6 +128,9 @@ def markdown(summary: dict) -> str:
     lines += ["", "| method | Control % | Scaling | Performance % |", "|---|---:|---:|---:|"]
     for name, m in summary["methods"].items():
         lines.append(f"| {name} | {fmt(m['control'])} | {fmt(m['scaling'])} | {fmt(m['performance'])} |")
+    if summary["not_summarized"]:
+        lines += ["", "Also in this dir, from other invocations, not summarized here (rerun naming their methods and "
+                  "settings to add them; finished questions are not redone): " + ", ".join(summary["not_summarized"])]
     return "\n".join(lines) + "\n"
 
 
@@ -131,6 +138,8 @@ def notes(run: dict) -> str:
     parts = []
     if run["bound"] is not None:
         parts.append(f"bound {run['bound']:.0f} {'steps' if run['bound_on'] == 'steps' else 'tokens'}")
+    if run.get("stats", {}).get("num_no_answer"):
+        parts.append(f"no answer {run['stats']['num_no_answer']} of {run['num_questions']}")
     if "avg_tries" in run:
         parts.append(f"tries {run['avg_tries']:.2f}, fits {run['fits']:.0f}%")
     if "k" in run:

@@ -152,7 +152,7 @@ def test_interrupted_run_resumes_to_the_same_files(model_dir, data, tmp_path, mo
     original = data.read_text()
     data.write_text(original.replace("What is 2+2?", "What is 3+3?"))  # the same file and flags, another set
     assert run(model_dir, data, tmp_path / "resumed", *flags) == 2
-    assert "holds a run made with other questions_sha256;" in capsys.readouterr().err
+    assert "holds a run made with another question under the id 'q1';" in capsys.readouterr().err
     data.write_text(original)
     redone = appended[len(done_before):]
     assert not set(redone) & set(done_before)
@@ -282,3 +282,62 @@ def test_scaling_leaves_out_a_run_that_never_thought():
     assert m["scaling"] == pytest.approx(10.0)  # (40 - 20) / (log2 32 - log2 8), not n/a for the whole method
     assert m["performance"] == 40.0 and m["control"] == 100.0
     assert method_metrics([budget_run(0, 10.0), budget_run(8, 20.0)])["scaling"] is None  # one run thought
+
+
+def test_a_resume_may_add_questions_and_the_summary_covers_the_asked_ones(model_dir, data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(model_dir, data, out, "--methods", "budget", "--budgets", "4,8", "--limit", "1") == 0
+    first = rows(out / "samples-budget-4.jsonl")
+    assert run(model_dir, data, out, "--methods", "budget", "--budgets", "4,8", "--limit", "3") == 0  # two more
+    assert rows(out / "samples-budget-4.jsonl")[:1] == first and [r["id"] for r in rows(out / "samples-budget-4.jsonl")] == ["q1", "q2", "q3"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_questions"] == 3 and all(r["num_questions"] == 3 for r in summary["settings"])
+    assert run(model_dir, data, out, "--methods", "budget", "--budgets", "4", "--limit", "1") == 0  # nothing to run
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["setting"], r["num_questions"]) for r in summary["settings"]] == [("4", 1)]
+    assert summary["settings"][0]["accuracy"] == 100.0 * first[0]["correct"]
+    assert summary["not_summarized"] == ["samples-budget-8.jsonl"]
+    assert "not summarized here (rerun naming their methods and settings" in (out / "summary.md").read_text()
+    capsys.readouterr()
+
+
+def test_a_run_that_cannot_think_is_refused_and_caps_above_the_room_warned(model_dir, data, tmp_path, capsys):
+    assert run(model_dir, data, tmp_path / "a", "--methods", "budget,ignore", "--max-answer-tokens", "100") == 2
+    err = capsys.readouterr().err
+    assert "--max-tokens 32 leaves 3 of 3 questions no room to think under budget, ignore" in err
+    assert not (tmp_path / "a").exists()
+    assert run(model_dir, data, tmp_path / "b", "--methods", "budget,token-forced", "--budgets", "4,30",
+               "--limit", "1") == 0  # no method uses "auto": nothing to refuse, the cap of 30 is warned
+    err = capsys.readouterr().err
+    assert "warning: budget caps above the 'auto' cap of some questions: 30 (1 of 1)" in err
+    assert "warning: token-forced caps above" in err
+
+
+def test_thinking_that_never_ended_has_no_answer(model_dir):
+    from benchmarks.scaling_harness import Harness, Sample
+    h = Harness(scaling.LLM(model=model_dir))
+    unended = Sample("So the answer is 4", "So the answer is 4", "", 6, 0, 0, "length")
+    row = h.row(QUESTIONS[0], unended, 6)
+    assert row["extracted_answer"] is None and row["vote"] is None and row["correct"] is False
+    ended = Sample("Hm<|im_start|>answer\nFinal Answer: 4", "Hm", "4", 1, 1, 0, "stop")
+    assert h.row(QUESTIONS[0], ended, 6)["correct"] is True
+
+
+def test_a_locked_dir_a_corrupt_samples_line_and_a_bom_are_handled(model_dir, data, tmp_path, capsys):
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + data.read_bytes())  # as editors on Windows save it
+    out = tmp_path / "out"
+    assert run(model_dir, bom, out, "--methods", "budget", "--budgets", "4", "--limit", "2") == 0
+    args = scaling.parse_args(["--data", str(bom), "--output", str(out), *SMALL, "--model", str(model_dir)])
+    items = scaling.load_items(args)
+    llm = scaling.LLM(model=model_dir)
+    with scaling.claim_output(args, items, llm):  # another run holds the dir
+        with pytest.raises(scaling.UsageError, match="is in use by another run"):
+            scaling.claim_output(args, items, llm)
+    path = out / "samples-budget-4.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "{oops", lines[1]]) + "\n")
+    capsys.readouterr()
+    assert run(model_dir, bom, out, "--methods", "budget", "--budgets", "4", "--limit", "2") == 2
+    assert f"{path}:2 is not a sample row" in capsys.readouterr().err
+    assert path.read_text().splitlines()[2] == lines[1]  # nothing after it was dropped
