@@ -38,7 +38,9 @@ _WORDS = re.compile(r"[A-Za-z][A-Za-z '\-]*[A-Za-z]")
 _LONE_SYMBOL = re.compile(r"(?<![A-Za-z'])[B-HJ-Zb-z](?![A-Za-z])")
 _STATED_LETTER = re.compile(r"(?i:\b(?:answer|option|choice)(?:\s+is)?)\s*:?\s*\(?([A-Z])\b")
 _LETTER_THEN_TEXT = re.compile(r"^\(?([A-Z])\)?[,:.]?\s+(.+)$")
-_LONE_LETTER = re.compile(r"^\(?([A-Z])\)?[.:]?$", re.IGNORECASE)
+_LONE_LETTER = re.compile(r"^[(\[]?([A-Z])[)\]]?[.:]?$", re.IGNORECASE)  # "B", "(B)", "[B]", "b."
+_LETTER_IS = re.compile(r"^\(?([A-Z])\)?\s+is\s+(?:the\s+)?(?:correct|right)\b")  # "B is correct"
+_PAREN_ALTERNATIVES = re.compile(r"\([A-Z]\)\s*(?:,|\bor\b|\band\b|/)\s*\([A-Z]\)")  # "(A) and (B)": a hedge
 _LEADING_LETTER = re.compile(r"^\(?([A-Z])[).:]\s")
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)")
 _DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", re.DOTALL)
@@ -54,8 +56,13 @@ _ANSWER_IS = re.compile(r"\banswer is\s*:?\s*" + _FILLER + _VALUE + r"(?!\s*(?:,
                         re.IGNORECASE)  # not "the answer is 5 or 7"
 _FINAL_MATH = re.compile(r"(?:(?<!\\)\$([^$]+)\$|\\\((.+?)\\\))\s*[.!]?\s*$")  # a text that ends on a math span
 _CONDITION = r"(?:,\s*(?:which|when|where|achieved|attained|occurring|reached)\b[^.]*)?"  # ", which occurs when a = b"
+_ASIDE = r"(?:\s*\([^()]*\))?"  # "... is 24 (since 1024 - 1000 = 24)."
 _FINAL_STATEMENT = re.compile(r"\b(?:is|are|equals)\s+" + _FILLER + r"(?:[A-Za-z]\w*\s*=\s*)?" + _VALUE + _CONDITION
-                              + r"\s*[.!]?\s*$", re.IGNORECASE)  # "... is 239.", "... is a = -4."
+                              + _ASIDE + r"\s*[.!]?\s*$", re.IGNORECASE)  # "... is 239.", "... is a = -4."
+# a count stated as the whole answer: "Therefore, there are 13 such numbers." (not "There are 2 cases, so 24.")
+_THERE_ARE = re.compile(r"^(?:(?:therefore|thus|so|hence|in total|in all|altogether),?\s+)?there (?:are|is|were|was)\s+"
+                        + _FILLER + r"(\d[\d,]*(?:\.\d+)?|\$[^$]+\$)(?:\s+[^.,;:!?()]*)?[.!]?\s*$", re.IGNORECASE)
+_GROUPED_DIGITS = re.compile(r"(?<=\d)\\[,;: ](?=\d{3}(?!\d))")  # "12\,000": a thin space between digit groups
 _PROSE_WORD = re.compile(r"\(?[A-Za-z]{2,}[.,;:!?)]?")
 BOXED_PROSE_WORDS = 1  # words besides its math that an answer read as LaTeX may have ("12 meters")
 PLAIN_PROSE_WORDS = 3  # ... that one read by math-verify's plain parse may have ("the 2nd one, 17")
@@ -183,7 +190,9 @@ def choice_letter(answer: str, choices: Sequence[str]) -> str | None:
     text), or None."""
     valid = LETTERS[: len(choices)]
     answer = answer.replace("**", "")  # "The correct answer is **B**."
-    for pattern in (_LONE_LETTER, _LEADING_LETTER):
+    if (hedge := _PAREN_ALTERNATIVES.search(answer)) and len(set(_PAREN_LETTER.findall(hedge.group()))) > 1:
+        return None
+    for pattern in (_LONE_LETTER, _LEADING_LETTER, _LETTER_IS):
         match = pattern.match(answer)
         if match and match.group(1).upper() in valid:
             return match.group(1).upper()
@@ -212,9 +221,9 @@ def _math_verify(answer: str, reference: str) -> bool:
     from math_verify import parse, verify
 
     # The worker's wall-clock limit replaces math-verify's own SIGALRM limits (None turns them off).
-    gold = parse(_as_latex(reference), parsing_timeout=None)
+    gold = parse(_as_latex(_GROUPED_DIGITS.sub("", reference)), parsing_timeout=None)
     return any(verify(gold, parse(prediction, parsing_timeout=None), timeout_seconds=None)
-               for prediction in _predictions(answer))
+               for prediction in _predictions(_GROUPED_DIGITS.sub("", answer)))
 
 
 def _predictions(answer: str) -> list[str]:
@@ -231,7 +240,8 @@ def _predictions(answer: str) -> list[str]:
         predictions.append(_as_latex(answer))
     if prose <= PLAIN_PROSE_WORDS and not _ALTERNATIVES.search(answer) and not re.search("[+=]", answer):
         predictions.append(answer)  # not for an expression: the plain parse reads "1 + x" as 1
-    stated = [m.group(1) for m in (_ANSWER_IS.search(answer), _FINAL_STATEMENT.search(answer)) if m]
+    stated = [m.group(1) for m in (_ANSWER_IS.search(answer), _FINAL_STATEMENT.search(answer),
+                                   _THERE_ARE.match(answer.strip().strip("*"))) if m]
     if not stated and not _CHOICES.search(answer) and (math := _FINAL_MATH.search(answer)):
         # "$m = 7, n = 12$, so $m + n = 19$": its last right-hand side; not "$5$ or $7$"
         stated.append((math.group(1) or math.group(2)).rsplit("=", 1)[-1])

@@ -140,6 +140,16 @@ OUTPUT_PAIRS = [
     (S1_ANSWER + "For any composite number n, the value of (n-1)! mod n(n-1)/2 is always 0.", "0", True),
     (S1_ANSWER + "The number of involutions on the set {1, 2, 3, 4, 5, 6} is 76.", "76", True),
     (S1_ANSWER + "A minimum of 26 questions is required to determine the product of the 50 numbers.", "50", False),
+    # a count stated as the whole answer; an aside after the value; digit groups split by a thin space
+    (S1_ANSWER + "Final Answer: Therefore, there are 13 such numbers.", "13", True),
+    (S1_ANSWER + "Final Answer: There are 13 two-digit multiples of 7.", "13", True),
+    (S1_ANSWER + "Final Answer: There are 13 two-digit multiples of 7.", "7", False),
+    (S1_ANSWER + "Final Answer: There are 2 cases, giving 24.", "2", False),
+    (S1_ANSWER + "Final Answer: The remainder is 24 (since 1024 - 1000 = 24).", "24", True),
+    (S1_ANSWER + "Final Answer: The remainder is 24 (since 1024 - 1000 = 24).", "1000", False),
+    (S1_ANSWER + "Final Answer: $12\\,000$", "12000", True),
+    (S1_ANSWER + "Final Answer: 12\\,000", "12{,}000", True),
+    (S1_ANSWER + "Final Answer: $3\\,4$", "34", False),
     # long prose that only mentions the reference is not an answer
     (S1_ANSWER + "To find the number of strings of length 6 that have adjacent digit", "6", False),
     (S1_ANSWER + "The question asks for $3^2+4^2$. I am not sure.", "25", False),
@@ -187,6 +197,11 @@ CHOICE_PAIRS = [
     ("Not option A, but (C)", "C", True),
     ("Option A and B fail, so (D)", "D", True),
     ("The correct answer is **B**.", "B", True),
+    ("[B]", "B", True),
+    ("B is correct", "B", True),
+    ("B is the correct answer.", "B", True),
+    ("(A) and (B)", "A", False),  # two options offered: no answer
+    ("(A) or (B)", "B", False),
 ]
 
 
