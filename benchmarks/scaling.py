@@ -10,6 +10,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -108,7 +109,10 @@ def build_methods(args: argparse.Namespace, device: str = "cpu") -> list[Method]
 
 
 def load_items(args: argparse.Namespace) -> list[EvalItem]:
-    items = [item for spec in args.data for item in load_eval_set(spec, limit=args.limit, seed=args.seed)]
+    """The questions of every --data set; each item's source names its set (the file's stem when its rows
+    name none), for the summary's accuracy by set."""
+    items = [replace(item, source=item.source or Path(spec).stem) for spec in args.data
+             for item in load_eval_set(spec, limit=args.limit, seed=args.seed)]
     seen, duplicates = set(), []
     for item in items:
         if item.id in seen:
@@ -259,7 +263,7 @@ def run(args: argparse.Namespace, h: Harness, methods: list[Method], items: list
         print(f"\ninterrupted: rerun the same command to resume into {out}", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
     header = {"model": str(args.model or "default"), "data": list(args.data), "num_questions": len(items)}
-    summary = summarize(methods, out, header, {item.id for item in items})
+    summary = summarize(methods, out, header, {item.id: item.source for item in items})
     write_summary(summary, out)
     paths = plot(summary, out)
     print(f"done in {time.perf_counter() - start:.0f} s (this invocation); wrote {out / 'summary.md'}, "

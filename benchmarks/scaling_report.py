@@ -16,18 +16,31 @@ def samples_path(out: Path, method: str, setting: str) -> Path:
     return out / f"samples-{method}-{setting}.jsonl"
 
 
-def summarize(methods: list[Method], out: Path, header: dict, ids: set[str]) -> dict:
-    """The runs of `methods` over the questions `ids` (a samples file may hold more, from a run with a
-    larger --limit), and the samples files in `out` that are left out (other methods or settings)."""
+def summarize(methods: list[Method], out: Path, header: dict, sources: dict[str, str]) -> dict:
+    """The runs of `methods` over the questions asked (`sources`: id -> eval set; a samples file may hold
+    more, from a run with a larger --limit), with accuracy by set when there are several, and the samples
+    files in `out` that are left out (other methods or settings)."""
     runs, scores = [], {}
     for method in methods:
         method_runs = []
         for setting in method.settings():
-            rows = [r for r in read_rows(samples_path(out, method.name, setting)) if r["id"] in ids]
+            rows = [r for r in read_rows(samples_path(out, method.name, setting)) if r["id"] in sources]
+            by_set = {}
+            for r in rows:
+                by_set.setdefault(sources[r["id"]], []).append(r)
             if isinstance(method, ParallelSampling):
-                method_runs += parallel_runs(method.name, rows)
+                new = parallel_runs(method.name, rows)
+                per_set = {name: parallel_runs(method.name, subset) for name, subset in by_set.items()}
+                if len(by_set) > 1:
+                    for i, run in enumerate(new):
+                        run["accuracy_by_set"] = {name: set_runs[i]["accuracy"] for name, set_runs in per_set.items()}
+                method_runs += new
             else:
-                method_runs.append(single_run(method, setting, rows))
+                run = single_run(method, setting, rows)
+                if len(by_set) > 1:
+                    run["accuracy_by_set"] = {name: metrics.sample_stats(subset)["accuracy"]
+                                              for name, subset in by_set.items()}
+                method_runs.append(run)
         runs += method_runs
         scores[method.name] = method_metrics(method_runs)
     listed = {samples_path(out, m.name, s).name for m in methods for s in m.settings()}
@@ -128,6 +141,13 @@ def markdown(summary: dict) -> str:
     lines += ["", "| method | Control % | Scaling | Performance % |", "|---|---:|---:|---:|"]
     for name, m in summary["methods"].items():
         lines.append(f"| {name} | {fmt(m['control'])} | {fmt(m['scaling'])} | {fmt(m['performance'])} |")
+    by_set = [r for r in summary["settings"] if "accuracy_by_set" in r]
+    if by_set:
+        names = list(by_set[0]["accuracy_by_set"])
+        lines += ["", "Accuracy % by eval set:", "", "| method | setting | " + " | ".join(names) + " |",
+                  "|---|---|" + "---:|" * len(names)]
+        lines += [f"| {r['method']} | {r['setting']} | " + " | ".join(f"{r['accuracy_by_set'][n]:.1f}" for n in names)
+                  + " |" for r in by_set]
     if summary["not_summarized"]:
         lines += ["", "Also in this dir, from other invocations, not summarized here (rerun naming their methods and "
                   "settings to add them; finished questions are not redone): " + ", ".join(summary["not_summarized"])]
@@ -143,7 +163,8 @@ def notes(run: dict) -> str:
     if "avg_tries" in run:
         parts.append(f"tries {run['avg_tries']:.2f}, fits {run['fits']:.0f}%")
     if "k" in run:
-        parts.append(f"maj@k {run['maj_at_k']:.1f}, pass@k {run['pass_at_k']:.1f}, "
+        best = f"best@k {run['best_at_k']:.1f}, " if "best_at_k" in run else ""
+        parts.append(f"{best}maj@k {run['maj_at_k']:.1f}, pass@k {run['pass_at_k']:.1f}, "
                      f"total tokens {run['avg_total_tokens']:.0f}")
     return "; ".join(parts)
 
@@ -161,13 +182,25 @@ def plot(summary: dict, out: Path) -> list[Path]:
 
     paths = [out / "scaling.png"]
     fig, ax = plt.subplots(figsize=(6, 4))
+    left_out = []
     for name in summary["methods"]:
         runs = sorted((r for r in summary["settings"] if r["method"] == name and r["avg_thinking_tokens"] > 0),
                       key=lambda r: r["avg_thinking_tokens"])  # a log axis has no place for 0 tokens
-        ax.plot([r["avg_thinking_tokens"] for r in runs], [r["accuracy"] for r in runs], "o-", label=name)
+        if not runs:
+            left_out.append(name)
+            continue
+        x, y = [r["avg_thinking_tokens"] for r in runs], [r["accuracy"] for r in runs]
+        ax.plot(x, y, "o-", label=name)
+        for r in runs:
+            ax.annotate(r["setting"], (r["avg_thinking_tokens"], r["accuracy"]), textcoords="offset points",
+                        xytext=(3, 3), fontsize=7)
     ax.set_xscale("log", base=2, nonpositive="mask")
-    ax.set(xlabel="average thinking tokens (log2)", ylabel="accuracy (%)", title=summary["model"])
-    ax.legend()
+    ax.set(xlabel="average thinking tokens (log2)", ylabel="accuracy (%)",
+           title=f"{summary['model']}, {summary['num_questions']} questions")
+    if left_out:
+        ax.text(0.01, 0.01, f"not shown (no thinking): {', '.join(left_out)}", transform=ax.transAxes, fontsize=7)
+    if len(left_out) < len(summary["methods"]):
+        ax.legend()
     fig.tight_layout()
     fig.savefig(paths[0], metadata={"Software": None})
     plt.close(fig)

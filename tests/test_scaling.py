@@ -341,3 +341,18 @@ def test_a_locked_dir_a_corrupt_samples_line_and_a_bom_are_handled(model_dir, da
     assert run(model_dir, bom, out, "--methods", "budget", "--budgets", "4", "--limit", "2") == 2
     assert f"{path}:2 is not a sample row" in capsys.readouterr().err
     assert path.read_text().splitlines()[2] == lines[1]  # nothing after it was dropped
+
+
+def test_several_eval_sets_get_accuracy_by_set(model_dir, tmp_path):
+    first, second = tmp_path / "arith.jsonl", tmp_path / "choice.jsonl"
+    write_eval_set([QUESTIONS[0], QUESTIONS[2]], first)
+    write_eval_set([QUESTIONS[1]], second)
+    out = tmp_path / "out"
+    assert scaling.main(["--model", str(model_dir), "--data", str(first), str(second), "--output", str(out), *SMALL,
+                         "--methods", "budget,parallel", "--budgets", "4", "--n", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    budget = next(r for r in summary["settings"] if r["method"] == "budget")
+    correct = {r["id"]: r["correct"] for r in rows(out / "samples-budget-4.jsonl")}
+    assert budget["accuracy_by_set"] == {"arith": 50.0 * (correct["q1"] + correct["q3"]), "choice": 100.0 * correct["q2"]}
+    assert all(set(r["accuracy_by_set"]) == {"arith", "choice"} for r in summary["settings"])
+    assert "| method | setting | arith | choice |" in (out / "summary.md").read_text()
