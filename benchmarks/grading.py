@@ -14,6 +14,9 @@ otherwise. A comparison that overruns kills the worker (the next one starts a ne
 as not equal.
 """
 import atexit
+import functools
+import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -29,6 +32,14 @@ from pathlib import Path
 from benchmarks.evalsets import LETTERS
 
 DEFAULT_TIMEOUT_S = 5.0
+
+
+@functools.cache
+def grader_version() -> str:
+    """A digest of this module's source and math-verify's version: what was graded by another version (sample
+    rows, cached pools) is graded again rather than mixed with this one's."""
+    source = Path(__file__).read_bytes() + importlib.metadata.version("math-verify").encode()
+    return hashlib.sha256(source).hexdigest()[:16]
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _ANSWER_LABEL = re.compile(r"answer\s*:", re.IGNORECASE)

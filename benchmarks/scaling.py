@@ -17,9 +17,10 @@ from typing import TextIO
 from tqdm.auto import tqdm
 
 from benchmarks.evalsets import EvalItem, load_eval_set
+from benchmarks.grading import grader_version
 from benchmarks.scaling_harness import AUTO_ANSWER_ROOM, Harness
 from benchmarks.scaling_jobs import run_plans
-from benchmarks.scaling_log import SampleLog
+from benchmarks.scaling_log import SampleLog, read_rows
 from benchmarks.scaling_methods import (BudgetForcing, Conditional, Extension, Method, ParallelSampling,
                                         RejectionSampling)
 from benchmarks.scaling_report import plot, samples_path, summarize, write_summary
@@ -203,6 +204,21 @@ def open_logs(method: Method, out: Path) -> dict[str, SampleLog]:
     return {s: SampleLog(samples_path(out, method.name, s), method.rows_per_question) for s in method.settings()}
 
 
+def regrade(h: Harness, logs: list[SampleLog], items: list[EvalItem]) -> int:
+    """Grade anew the rows of these questions that another grader version graded (the samples stand; only
+    their answers' grading changes), so that one summary never mixes graders. Returns how many."""
+    by_id = {item.id: item for item in items}
+    files = {log: read_rows(log.path) if log.path.exists() else [] for log in logs}
+    stale = [(log, i) for log, rows in files.items() for i, row in enumerate(rows)
+             if row["id"] in by_id and row.get("grader") != grader_version()]
+    for log, i in tqdm(stale, desc="regrading", unit="row", disable=not stale or None):
+        row = files[log][i]
+        files[log][i] = {**row, **h.graded(by_id[row["id"]], row["output"], len(row["output"]) > len(row["thinking_text"]))}
+    for log in dict.fromkeys(log for log, _ in stale):
+        log.rewrite(files[log])
+    return len(stale)
+
+
 def run_method(h: Harness, method: Method, logs: dict[str, SampleLog], items: list[EvalItem]) -> None:
     """Each question once under every setting it still lacks, many questions batched in the engine. The bar
     moves as each question finishes; rows are appended per (question, setting) in the questions' order (a
@@ -257,6 +273,9 @@ def run(args: argparse.Namespace, h: Harness, methods: list[Method], items: list
         return 2
     start = time.perf_counter()
     try:
+        regraded = regrade(h, [log for method_logs in logs.values() for log in method_logs.values()], items)
+        if regraded:
+            print(f"regraded {regraded} sample rows graded by another version of benchmarks/grading.py", file=sys.stderr)
         for method in methods:
             run_method(h, method, logs[method.name], items)
     except KeyboardInterrupt:

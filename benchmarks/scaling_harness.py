@@ -3,7 +3,7 @@ import zlib
 from dataclasses import dataclass, replace
 
 from benchmarks.evalsets import EvalItem, prompt_text
-from benchmarks.grading import choice_letter, extract_answer, grade
+from benchmarks.grading import choice_letter, extract_answer, grade, grader_version
 from engine import LLM, Output, SamplingParams, ThinkingBudget
 from engine.tokenizer import get_think_format
 
@@ -90,19 +90,26 @@ class Harness:
 
     def row(self, item: EvalItem, sample: Sample, max_thinking_tokens: int | None) -> dict:
         """A sample row; `max_thinking_tokens` is the run's token limit (its cap, or the one the prompt states).
-        A sample whose thinking never ended (cut by length, or not run) has no answer: its text is thinking."""
-        ended = sample.ended_thinking
-        extracted = extract_answer(sample.text, self.think_format) if ended else None
+        """
         return {
             "id": item.id, "question": item.question, "reference": item.answer, "output": sample.text,
             "thinking_text": sample.thinking_text, "answer_text": sample.answer_text,
-            "extracted_answer": extracted,
-            # what a majority vote counts: the option letter of a multiple-choice answer
-            "vote": choice_letter(extracted, item.choices) if item.choices and extracted is not None else extracted,
-            "correct": ended and grade(sample.text, item.answer, choices=item.choices, think_format=self.think_format),
+            **self.graded(item, sample.text, sample.ended_thinking),
             "thinking_tokens": sample.thinking_tokens, "answer_tokens": sample.answer_tokens,
             "ignores_used": sample.ignores_used, "finish_reason": sample.finish_reason,
             "max_thinking_tokens": max_thinking_tokens, **dict(sample.extra),
+        }
+
+    def graded(self, item: EvalItem, text: str, ended_thinking: bool) -> dict:
+        """A sample's grading fields. A sample whose thinking never ended (cut by length, or not run) has no
+        answer: its text is thinking."""
+        extracted = extract_answer(text, self.think_format) if ended_thinking else None
+        return {
+            "extracted_answer": extracted,
+            # what a majority vote counts: the option letter of a multiple-choice answer
+            "vote": choice_letter(extracted, item.choices) if item.choices and extracted is not None else extracted,
+            "correct": ended_thinking and grade(text, item.answer, choices=item.choices, think_format=self.think_format),
+            "grader": grader_version(),
         }
 
     def think_end(self) -> str:

@@ -33,12 +33,15 @@ class SampleLog:
         for row in rows:
             counts[row["id"]] = counts.get(row["id"], 0) + 1
         kept = [row for row in rows if counts[row["id"]] == self.rows_per_question]
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept)
-        if text.encode() != raw:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, self.path)
+        if len(kept) < len(rows) or not raw.endswith(b"\n") and raw:
+            self.rewrite(kept)
         return kept
+
+    def rewrite(self, rows: list[dict]) -> None:
+        """Replace the file's rows at once (a crash leaves the old file or the new one)."""
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def append(self, rows: list[dict]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:

@@ -16,7 +16,6 @@ engine's cache dir (a few minutes to build, instant after).
 """
 import hashlib
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
@@ -64,14 +63,12 @@ GRADE_TIMEOUT_S = 2.0  # some symbolic answers ("(2n)!/(2^n*n!)") take sympy lon
 
 
 def champ_cache_path() -> Path:
-    """Named by a digest of the rule's and the grader's source, so that a pool built by another version of
-    either is never reused."""
-    import benchmarks.grading
+    """Named by a digest of the rule's source and the grader's version, so that a pool built by another
+    version of either is never reused."""
+    from benchmarks.grading import grader_version
     from engine.weights import cache_dir
 
-    digest = hashlib.sha256()
-    for module in (sys.modules[__name__], benchmarks.grading):
-        digest.update(Path(module.__file__).read_bytes())
+    digest = hashlib.sha256(Path(__file__).read_bytes() + grader_version().encode())
     return cache_dir() / "curate" / f"champ_pool_{digest.hexdigest()[:16]}.jsonl"
 
 

@@ -217,4 +217,7 @@ def test_the_champ_pool_cache_is_named_by_the_rule_and_the_grader(tmp_path, monk
     edited = tmp_path / "grading.py"
     edited.write_text(open(benchmarks.grading.__file__).read() + "\n# another grader\n")
     monkeypatch.setattr(benchmarks.grading, "__file__", str(edited))
+    uncached = benchmarks.grading.grader_version.__wrapped__  # the version is computed once per process
+    assert uncached() != benchmarks.grading.grader_version()
+    monkeypatch.setattr(benchmarks.grading, "grader_version", uncached)
     assert champ_cache_path() != before and champ_cache_path().parent == before.parent

@@ -356,3 +356,21 @@ def test_several_eval_sets_get_accuracy_by_set(model_dir, tmp_path):
     assert budget["accuracy_by_set"] == {"arith": 50.0 * (correct["q1"] + correct["q3"]), "choice": 100.0 * correct["q2"]}
     assert all(set(r["accuracy_by_set"]) == {"arith", "choice"} for r in summary["settings"])
     assert "| method | setting | arith | choice |" in (out / "summary.md").read_text()
+
+
+def test_rows_graded_by_another_grader_are_regraded_on_resume(model_dir, data, tmp_path, capsys):
+    flags = ("--methods", "budget,parallel", "--budgets", "auto", "--n", "2", "--limit", "2")
+    assert run(model_dir, data, tmp_path, *flags) == 0
+    names = ("samples-budget-auto.jsonl", "samples-parallel-n2.jsonl")
+    fresh = {name: (tmp_path / name).read_bytes() for name in names}
+    summary = (tmp_path / "summary.json").read_bytes()
+    for name in names:  # as an older grader would have left them: other verdicts, other version
+        stale = [{**r, "correct": not r["correct"], "vote": "stale", "grader": "0ld"} for r in rows(tmp_path / name)]
+        (tmp_path / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in stale))
+    capsys.readouterr()
+    assert run(model_dir, data, tmp_path, *flags) == 0
+    assert "regraded 6 sample rows graded by another version" in capsys.readouterr().err
+    assert {name: (tmp_path / name).read_bytes() for name in names} == fresh
+    assert (tmp_path / "summary.json").read_bytes() == summary
+    assert run(model_dir, data, tmp_path, *flags) == 0
+    assert "regraded" not in capsys.readouterr().err
