@@ -19,6 +19,7 @@ import queue
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -342,9 +343,11 @@ class OpenAIServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, llm: LLM, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
-                 quiet: bool = False, api_key: str | None = None):
+                 quiet: bool = False, api_key: str | None = None, ssl_context: ssl.SSLContext | None = None):
         self.loop: EngineLoop | None = None  # a failed bind calls server_close before there is one
         super().__init__((host, port), Handler)
+        if ssl_context is not None:  # HTTPS; each connection's handshake runs on its own handler thread
+            self.socket = ssl_context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         self.llm, self.quiet, self.created, self.api_key = llm, quiet, int(time.time()), api_key
         self.http_counts: dict[tuple[str, int], int] = {}  # (route, status) -> responses
         self.counts_lock = threading.Lock()
@@ -398,7 +401,7 @@ class OpenAIServer(ThreadingHTTPServer):
 
 def _end_reads(connection: socket.socket) -> None:
     try:
-        connection.shutdown(socket.SHUT_RD)
+        socket.socket.shutdown(connection, socket.SHUT_RD)  # the raw socket's: TLS state stays to its thread
     except OSError:
         pass
 
@@ -426,6 +429,8 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         self.thread = threading.current_thread()
         self.server.track(self)
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()  # under the socket timeout; a failed one ends this connection only
 
     @property
     def route(self) -> str:
@@ -570,12 +575,14 @@ class Handler(BaseHTTPRequestHandler):
                     return "left", None
 
     def _client_left(self) -> bool:
-        """A client waiting for its reply sends nothing: a readable socket with no bytes is a closed one."""
+        """A client waiting for its reply sends nothing: a readable socket with no bytes is a closed one. (Over
+        TLS the peek reads the raw socket, where a client's close_notify precedes its end: such a client is
+        noticed when a write to it fails.)"""
         readable, _, _ = select.select([self.connection], [], [], 0)
         if not readable:
             return False
         try:
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
+            return socket.socket.recv(self.connection, 1, socket.MSG_PEEK) == b""
         except OSError:
             return True
 
@@ -682,6 +689,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8000, help="default 8000 (0: any free port)")
     p.add_argument("--served-model-name", default=None, help="the `model` clients name (default: the model dir's name)")
     p.add_argument("--quiet", action="store_true", help="no access log")
+    p.add_argument("--ssl-certfile", help="serve HTTPS with this PEM certificate (chain); needs --ssl-keyfile")
+    p.add_argument("--ssl-keyfile", help="the certificate's PEM private key")
     p.add_argument("--api-key", default=os.environ.get("S1_API_KEY") or None,
                    help="require 'Authorization: Bearer KEY' on every route but /health and /metrics "
                         "(default: $S1_API_KEY; unset: no key)")
@@ -693,7 +702,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--served-model-name must not be empty")
     if args.api_key is not None and not args.api_key.strip():
         p.error("--api-key must not be empty")
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        p.error("--ssl-certfile and --ssl-keyfile go together")
     return args
+
+
+def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """A server context for HTTPS; a missing file or a key that does not match the certificate is a
+    ValueError naming the files."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(f"cannot load --ssl-certfile {certfile} with --ssl-keyfile {keyfile}: {e}") from None
+    return context
 
 
 def check_address(host: str, port: int) -> None:
@@ -711,13 +733,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2
     try:
+        context = None if args.ssl_certfile is None else tls_context(args.ssl_certfile, args.ssl_keyfile)
         llm = llm_from_args(args)
-        server = OpenAIServer(llm, args.host, args.port, args.served_model_name, args.quiet, args.api_key)
+        server = OpenAIServer(llm, args.host, args.port, args.served_model_name, args.quiet, args.api_key, context)
     except (ValueError, TypeError, OSError) as e:  # bad model dir, bad engine flag, port taken meanwhile
         print(f"error: {e}", file=sys.stderr)
         return 2
     host, port = server.server_address[:2]
-    print(f"serving {server.model_name!r} at http://{host}:{port}/v1 (Ctrl-C stops)", file=sys.stderr)
+    scheme = "http" if context is None else "https"
+    print(f"serving {server.model_name!r} at {scheme}://{host}:{port}/v1 (Ctrl-C stops)", file=sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: running requests get a 503, as on Ctrl-C
     try:
         server.serve_forever()

@@ -5,8 +5,10 @@ import http.client
 import json
 import queue
 import re
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,7 +21,7 @@ import pytest
 from benchmarks import serve_load
 from engine import LLM, SamplingParams, ThinkingBudget
 from engine.openai_protocol import parse_request
-from engine.serve import Job, OpenAIServer, in_background, main
+from engine.serve import Job, OpenAIServer, in_background, main, tls_context
 from tests.lm_eval_tasks import MULTIPLE_CHOICE, generate_until, write_task
 
 BUDGET = {"max_tokens": 10, "num_ignore": 1, "final_answer_str": "Final Answer:"}
@@ -712,3 +714,32 @@ def test_penalties_and_logit_bias_are_the_engines(server, s1_llm):
     status, answer = post(server, "/v1/chat/completions", chat)
     expected = s1_llm.chat(MESSAGES, SamplingParams(max_tokens=12, frequency_penalty=2), use_tqdm=False)[0]
     assert status == 200 and answer["choices"][0]["message"]["content"] == expected.text
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_https_with_a_certificate_and_clear_errors_for_bad_ones(server, tmp_path, capsys):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    context = ssl.create_default_context(cafile=str(cert))
+    with in_background(OpenAIServer(server.llm, port=0, quiet=True, ssl_context=tls_context(str(cert), str(key)))) as srv:
+        host, port = srv.server_address[:2]
+        with socket.create_connection((host, port), timeout=30) as plain:  # plain HTTP to the TLS port: ended
+            plain.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert not plain.recv(100).startswith(b"HTTP/")  # its handshake fails; the server goes on
+        conn = http.client.HTTPSConnection(host, port, timeout=120, context=context)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "hi", "max_tokens": 5, "temperature": 0}),
+                     {"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        body = json.loads(reply.read())
+        conn.request("GET", "/health")  # the same kept-alive TLS connection
+        assert (conn.getresponse().status, reply.status) == (200, 200)
+        conn.close()
+        alone = server.llm.generate("hi", SamplingParams(max_tokens=5), use_tqdm=False)[0]
+        assert body["choices"][0]["text"] == alone.text
+    with pytest.raises(SystemExit) as usage:
+        main(["--ssl-certfile", str(cert)])
+    assert usage.value.code == 2 and "--ssl-certfile and --ssl-keyfile go together" in capsys.readouterr().err
+    assert main(["--port", "0", "--ssl-certfile", str(cert), "--ssl-keyfile", str(tmp_path / "none.pem")]) == 2
+    assert f"cannot load --ssl-certfile {cert} with --ssl-keyfile {tmp_path / 'none.pem'}" in capsys.readouterr().err
