@@ -50,8 +50,8 @@ _LONE_SYMBOL = re.compile(r"(?<![A-Za-z'])[B-HJ-Zb-z](?![A-Za-z])")
 _STATED_LETTER = re.compile(r"(?i:\b(?:answer|option|choice)(?:\s+is)?)\s*:?\s*\(?([A-Z])\b")
 _LETTER_THEN_TEXT = re.compile(r"^\(?([A-Z])\)?[,:.]?\s+(.+)$")
 _LONE_LETTER = re.compile(r"^[(\[]?([A-Z])[)\]]?[.:]?$", re.IGNORECASE)  # "B", "(B)", "[B]", "b."
-_LETTER_IS = re.compile(r"^\(?([A-Z])\)?\s+is\s+(?:the\s+)?(?:correct|right)\b")  # "B is correct"
-_PAREN_ALTERNATIVES = re.compile(r"\([A-Z]\)\s*(?:,|\bor\b|\band\b|/)\s*\([A-Z]\)")  # "(A) and (B)": a hedge
+_LETTER_IS = re.compile(r"^\(?([A-Z])\)?\s+is\s+(?:the\s+)?(?:correct|right)(?:\s+(?:answer|option|choice))?\s*(?:[.!;,]|$)")
+_HEDGE = re.compile(r"^(?:both|either)?\s*\(([A-Z])\)\s*(?:,|or|and|/)\s*\(([A-Z])\)\.?$", re.IGNORECASE)  # "(A) and (B)"
 _LEADING_LETTER = re.compile(r"^\(?([A-Z])[).:]\s")
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)")
 _DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", re.DOTALL)
@@ -72,7 +72,9 @@ _FINAL_STATEMENT = re.compile(r"\b(?:is|are|equals)\s+" + _FILLER + r"(?:[A-Za-z
                               + _ASIDE + r"\s*[.!]?\s*$", re.IGNORECASE)  # "... is 239.", "... is a = -4."
 # a count stated as the whole answer: "Therefore, there are 13 such numbers." (not "There are 2 cases, so 24.")
 _THERE_ARE = re.compile(r"^(?:(?:therefore|thus|so|hence|in total|in all|altogether),?\s+)?there (?:are|is|were|was)\s+"
-                        + _FILLER + r"(\d[\d,]*(?:\.\d+)?|\$[^$]+\$)(?:\s+[^.,;:!?()]*)?[.!]?\s*$", re.IGNORECASE)
+                        + _FILLER + r"(\d[\d,]*(?:\.\d+)?|\$[^$]+\$)"
+                        + r"(?:[ \t]+(?:(?!\b(?:and|but|so|is|are|was|were|while|whereas|plus|with)\b)[^.,;:!?()\n])*)?[.!]?\s*$",
+                        re.IGNORECASE)  # the words after the count add no clause: not "There are 5 boys and 7 girls"
 _GROUPED_DIGITS = re.compile(r"(?<=\d)\\[,;: ](?=\d{3}(?!\d))")  # "12\,000": a thin space between digit groups
 _PROSE_WORD = re.compile(r"\(?[A-Za-z]{2,}[.,;:!?)]?")
 BOXED_PROSE_WORDS = 1  # words besides its math that an answer read as LaTeX may have ("12 meters")
@@ -124,6 +126,20 @@ def grade(output_text: str, reference: str, *, choices: Sequence[str] | None = N
     if choices:
         return choice_letter(answer, choices) == _reference_letter(reference, choices)
     return equivalent(answer, reference, timeout_s=timeout_s)
+
+
+def verdict(output_text: str, reference: str, *, choices: Sequence[str] | None = None, think_format: str = "s1",
+            ended_thinking: bool = True) -> dict:
+    """A sample's grading, as its row keeps it: the extracted answer, what a majority vote counts (the option
+    letter of a multiple-choice answer), whether it is correct, and this grader's version. A sample whose
+    thinking never ended (cut by length, or never run) has no answer: its text is thinking."""
+    extracted = extract_answer(output_text, think_format) if ended_thinking else None
+    return {
+        "extracted_answer": extracted,
+        "vote": choice_letter(extracted, choices) if choices and extracted is not None else extracted,
+        "correct": ended_thinking and grade(output_text, reference, choices=choices, think_format=think_format),
+        "grader": grader_version(),
+    }
 
 
 def equivalent(answer: str, reference: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
@@ -201,15 +217,17 @@ def choice_letter(answer: str, choices: Sequence[str]) -> str | None:
     text), or None."""
     valid = LETTERS[: len(choices)]
     answer = answer.replace("**", "")  # "The correct answer is **B**."
-    if (hedge := _PAREN_ALTERNATIVES.search(answer)) and len(set(_PAREN_LETTER.findall(hedge.group()))) > 1:
-        return None
-    for pattern in (_LONE_LETTER, _LEADING_LETTER, _LETTER_IS):
-        match = pattern.match(answer)
-        if match and match.group(1).upper() in valid:
-            return match.group(1).upper()
+    if (match := _LONE_LETTER.match(answer)) and match.group(1).upper() in valid:
+        return match.group(1).upper()
     by_text = {_normalized_text(_clean(choice)): LETTERS[i] for i, choice in enumerate(choices)}
     if _normalized_text(answer) in by_text:
         return by_text[_normalized_text(answer)]
+    if (hedge := _HEDGE.match(answer)) and hedge.group(1) != hedge.group(2):  # two options offered: none given
+        return None
+    for pattern in (_LEADING_LETTER, _LETTER_IS):
+        match = pattern.match(answer)
+        if match and match.group(1).upper() in valid:
+            return match.group(1).upper()
     # "B Electron", "B, Electron": a letter, then that option's own text (else "A proton" would read as A)
     if (match := _LETTER_THEN_TEXT.match(answer)) and by_text.get(_normalized_text(_clean(match.group(2)))) == match.group(1):
         return match.group(1)

@@ -8,17 +8,17 @@ import argparse
 import fcntl
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
 
 from tqdm.auto import tqdm
 
 from benchmarks.evalsets import EvalItem, load_eval_set
 from benchmarks.grading import grader_version
-from benchmarks.scaling_harness import AUTO_ANSWER_ROOM, Harness
+from benchmarks.scaling_harness import Harness
 from benchmarks.scaling_jobs import run_plans
 from benchmarks.scaling_log import SampleLog, read_rows
 from benchmarks.scaling_methods import (BudgetForcing, Conditional, Extension, Method, ParallelSampling,
@@ -135,45 +135,49 @@ def question_digest(item: EvalItem) -> str:
     return hashlib.sha256(json.dumps([item.question, item.answer, item.choices]).encode()).hexdigest()
 
 
-def claim_output(args: argparse.Namespace, items: list[EvalItem], llm: LLM) -> TextIO:
+def claim_output(args: argparse.Namespace, items: list[EvalItem], llm: LLM) -> int:
     """Lock the output dir for this run and record in its run.json what shapes samples: the flags, the
     engine's device and dtype, and a digest of every question by id. Resuming with other flags, or with a
     question whose text, answer or options changed under its id, would mix incomparable samples, so it is
     refused; other questions (a larger --limit, another file) and other methods and settings may join.
-    Returns the locked run.json, held open while the run lasts."""
+    Returns the locked dir's descriptor: the lock lasts until it is closed."""
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output {out} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    record = open(out / "run.json", "a+", encoding="utf-8")
+    lock = os.open(out, os.O_RDONLY)
     try:
-        fcntl.flock(record, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        record.close()
-        raise UsageError(f"--output {out} is in use by another run; wait for it or use another dir") from None
-    record.seek(0)
-    text = record.read()
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        record_run(args, items, llm, out)
+    except BaseException as e:
+        os.close(lock)
+        if isinstance(e, BlockingIOError):
+            raise UsageError(f"--output {out} is in use by another run; wait for it or use another dir") from None
+        raise
+    return lock
+
+
+def record_run(args: argparse.Namespace, items: list[EvalItem], llm: LLM, out: Path) -> None:
+    record = out / "run.json"
     flags = {**{name: getattr(args, name) for name in RESULT_FLAGS}, "device": llm.device.type,
              "dtype": str(llm.dtype).removeprefix("torch.")}
     try:
-        old = json.loads(text) if text else {**flags, "questions": {}}
+        old = json.loads(record.read_text(encoding="utf-8")) if record.exists() else {**flags, "questions": {}}
     except ValueError as e:
-        record.close()
-        raise UsageError(f"{out / 'run.json'} is not valid JSON ({e}); delete it to start the run over, or use "
-                         "another dir") from None
+        raise UsageError(f"{record} is not valid JSON ({e}); delete it to start the run over, or use another dir") from None
+    if not isinstance(old, dict) or not isinstance(old.get("questions"), dict):
+        raise UsageError(f"{record} was written by an older version (it records no questions by id); use another "
+                         "dir, or delete it to let this run add to the samples there")
     changed = sorted(k for k in flags if old.get(k) != flags[k])
-    questions = dict(old.get("questions", {}))
+    questions = dict(old["questions"])
     edited = [i.id for i in items if questions.setdefault(i.id, question_digest(i)) != question_digest(i)]
     if changed or edited:
-        record.close()
         what = f"other {', '.join(changed)}" if changed else f"another question under the id {edited[0]!r}"
         raise UsageError(f"--output {out} holds a run made with {what}; resume with the same flags and questions "
                          "or use another dir")
-    record.seek(0)
-    record.truncate()
-    record.write(json.dumps({**flags, "questions": questions}, indent=2) + "\n")
-    record.flush()
-    return record
+    tmp = record.with_suffix(".tmp")  # replaced at once: a crash leaves the old record or the new one
+    tmp.write_text(json.dumps({**flags, "questions": questions}, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, record)
 
 
 def check_room(h: Harness, methods: list[Method], items: list[EvalItem]) -> None:
@@ -189,8 +193,7 @@ def check_room(h: Harness, methods: list[Method], items: list[EvalItem]) -> None
         room = f"--max-tokens {h.max_tokens}" if h.max_tokens is not None else f"the context ({h.llm.max_model_len} tokens)"
         raise UsageError(f"{room} leaves {len(starved)} of {len(items)} questions no room to think under "
                          f"{', '.join(users)}: the 'auto' cap is the room less the splices and the answer's "
-                         f"{min(AUTO_ANSWER_ROOM, h.max_answer_tokens or AUTO_ANSWER_ROOM)} tokens; raise --max-tokens "
-                         "or lower --max-answer-tokens")
+                         f"{h.answer_room()} tokens; raise --max-tokens or lower --max-answer-tokens")
     for method in methods:
         over = {cap: sum(cap > auto[i.id] for i in fitting) for cap in method.forced_caps}
         over = {cap: n for cap, n in over.items() if n}
@@ -222,24 +225,23 @@ def regrade(h: Harness, logs: list[SampleLog], items: list[EvalItem]) -> int:
 def run_method(h: Harness, method: Method, logs: dict[str, SampleLog], items: list[EvalItem]) -> None:
     """Each question once under every setting it still lacks, many questions batched in the engine. The bar
     moves as each question finishes; rows are appended per (question, setting) in the questions' order (a
-    question that finishes early waits for those before it), so a rerun writes the same files."""
+    question is appended as soon as it finishes (an interruption loses only the unfinished ones), and once
+    all are done each file is put in the questions' order, so a resumed run ends with the same files."""
     todo = [(item, [s for s, log in logs.items() if item.id not in log.done]) for item in items]
     todo = [(item, missing) for item, missing in todo if missing]  # a resume starts where the last run stopped
-    order = [item.id for item, _ in todo]
-    finished: dict[str, dict[str, list[dict]]] = {}
     start, tokens = time.perf_counter(), 0
     with tqdm(total=len(items), initial=len(items) - len(todo), desc=method.name, unit="q") as bar:
         plans = ((item.id, method.plan(h, item, missing)) for item, missing in todo)
         for key, result, errors in run_plans(h.llm, plans):
             for error in dict.fromkeys(errors):
                 bar.write(f"{method.name}: question {key} could not run ({error}); scored as unanswered", file=sys.stderr)
-            finished[key] = result
-            while order and order[0] in finished:
-                for setting, rows in finished.pop(order.pop(0)).items():
-                    logs[setting].append(rows)
+            for setting, rows in result.items():
+                logs[setting].append(rows)
             tokens += sum(r["thinking_tokens"] + r["answer_tokens"] for rows in result.values() for r in rows)
             bar.update(1)
             bar.set_postfix_str(f"{tokens / (time.perf_counter() - start):.1f} tok/s")
+    for log in logs.values():
+        log.order_by([item.id for item in items])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with lock:  # the dir stays locked while this runs
+    try:
         return run(args, h, methods, items, out)
+    finally:
+        os.close(lock)  # the dir is free for another run
 
 
 def run(args: argparse.Namespace, h: Harness, methods: list[Method], items: list[EvalItem], out: Path) -> int:

@@ -3,7 +3,7 @@ import zlib
 from dataclasses import dataclass, replace
 
 from benchmarks.evalsets import EvalItem, prompt_text
-from benchmarks.grading import choice_letter, extract_answer, grade, grader_version
+from benchmarks.grading import verdict
 from engine import LLM, Output, SamplingParams, ThinkingBudget
 from engine.tokenizer import get_think_format
 
@@ -64,8 +64,11 @@ class Harness:
         and answers."""
         spliced = self.llm.budget_tokens(SamplingParams(budget=self.budget(None), think_format=self.think_format))
         room = self.room(prompt) - len(spliced.delimiter) - len(spliced.final_answer)
-        answer = AUTO_ANSWER_ROOM if self.max_answer_tokens is None else min(AUTO_ANSWER_ROOM, self.max_answer_tokens)
-        return max(0, room - answer)
+        return max(0, room - self.answer_room())
+
+    def answer_room(self) -> int:
+        """Tokens the "auto" cap leaves for the answer: 100, or max_answer_tokens when fewer."""
+        return AUTO_ANSWER_ROOM if self.max_answer_tokens is None else min(AUTO_ANSWER_ROOM, self.max_answer_tokens)
 
     def room(self, prompt: list[int]) -> int:
         """Tokens a continuation of this prompt may take: the context left, or max_tokens when less."""
@@ -101,16 +104,9 @@ class Harness:
         }
 
     def graded(self, item: EvalItem, text: str, ended_thinking: bool) -> dict:
-        """A sample's grading fields. A sample whose thinking never ended (cut by length, or not run) has no
-        answer: its text is thinking."""
-        extracted = extract_answer(text, self.think_format) if ended_thinking else None
-        return {
-            "extracted_answer": extracted,
-            # what a majority vote counts: the option letter of a multiple-choice answer
-            "vote": choice_letter(extracted, item.choices) if item.choices and extracted is not None else extracted,
-            "correct": ended_thinking and grade(text, item.answer, choices=item.choices, think_format=self.think_format),
-            "grader": grader_version(),
-        }
+        """A sample's grading fields (benchmarks.grading.verdict)."""
+        return verdict(text, item.answer, choices=item.choices, think_format=self.think_format,
+                       ended_thinking=ended_thinking)
 
     def think_end(self) -> str:
         return get_think_format(self.think_format).think_end

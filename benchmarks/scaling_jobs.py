@@ -44,7 +44,9 @@ class _Question:
                 jobs = self.plan.send(outputs)
             except StopIteration as done:
                 return done.value
-            self.requests = [self._submit(llm, job) for job in jobs]
+            self.requests = []
+            for job in jobs:  # each kept as it is queued: an error in a later one still aborts it
+                self.requests.append(self._submit(llm, job))
             if self.running():
                 return None
             outputs = self.outputs(llm)
@@ -55,6 +57,8 @@ class _Question:
                 return llm.add_request(job.prompt, job.params)
             return llm.add_sweep(job.prompt, job.params, job.budgets)
         except ValueError as e:
+            if len(job.prompt) < llm.max_model_len:  # only a prompt the context cannot hold is the question's
+                raise
             self.errors.append(str(e))
             count = job.params.n if job.budgets is None else len(job.budgets)
             return [error_output(job.prompt, str(e), i) for i in range(count)]

@@ -37,6 +37,14 @@ class SampleLog:
             self.rewrite(kept)
         return kept
 
+    def order_by(self, ids: list[str]) -> None:
+        """Put the rows in the order of `ids` (questions not among them last, as they are)."""
+        rank = {question: i for i, question in enumerate(ids)}
+        rows = read_rows(self.path) if self.path.exists() else []
+        ordered = sorted(rows, key=lambda row: rank.get(row["id"], len(rank)))  # stable: samples keep their order
+        if ordered != rows:
+            self.rewrite(ordered)
+
     def rewrite(self, rows: list[dict]) -> None:
         """Replace the file's rows at once (a crash leaves the old file or the new one)."""
         tmp = self.path.with_suffix(".tmp")

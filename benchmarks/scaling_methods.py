@@ -1,6 +1,7 @@
 """s1's test-time scaling methods. Each plans one question under the settings it is asked for: it yields the
 generations it needs (see benchmarks.scaling_jobs, which batches many questions' plans in the engine) and
 returns the question's sample rows per setting (one row, or one per sample for the parallel methods)."""
+import math
 from dataclasses import dataclass, replace
 
 from benchmarks.evalsets import EvalItem
@@ -216,7 +217,12 @@ class ParallelSampling(Method):
         cap = h.auto_cap(prompt)
         logprobs = None if self.scorer is None else 0
         [outputs] = yield [Job(prompt, h.params(prompt, item, h.budget(cap), sampled=True, n=self.n, logprobs=logprobs))]
-        scores = [None] * len(outputs) if self.scorer is None else self.scorer(item, outputs)
+        if self.scorer is None:
+            scores = [None] * len(outputs)
+        elif outputs[0].finish_reason == "error":  # the prompt did not fit: no sample to score
+            scores = [-math.inf] * len(outputs)
+        else:
+            scores = self.scorer(item, outputs)
         rows = []
         for o, score in zip(outputs, scores):
             extra = {"sample_index": o.sample_index} | ({} if score is None else {"score": score})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from jinja2 import TemplateError
 from tqdm.auto import tqdm
 
 from engine.budget import BudgetState, BudgetTokens, ThinkingBudget
@@ -354,7 +355,7 @@ class LLM:
         for i, (conversation, sp) in enumerate(zip(conversations, params_list)):
             try:
                 prompts.append(self.chat_prompt(conversation, sp))
-            except (ValueError, TypeError) as e:  # a bad conversation in a list: error Outputs, the others run
+            except (ValueError, TypeError, TemplateError) as e:  # a bad conversation in a list: error Outputs
                 errors[i] = f"conversations[{i}]: {e}"
         good = [sp for i, sp in enumerate(params_list) if i not in errors]
         outputs = iter(self.generate(prompts, good, use_tqdm=use_tqdm) if prompts else [])

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import torch
 from jinja2 import TemplateError
@@ -448,7 +448,7 @@ class Handler(BaseHTTPRequestHandler):
         elif self.route == "/v1/models":
             self._send_json(200, {"object": "list", "data": [self._model_card()]})
         elif self.route.startswith("/v1/models/"):
-            name = self.route.removeprefix("/v1/models/")
+            name = unquote(self.route.removeprefix("/v1/models/"))  # "org%2Fmodel" names "org/model"
             if name == self.server.model_name:
                 self._send_json(200, self._model_card())
             else:
@@ -462,20 +462,22 @@ class Handler(BaseHTTPRequestHandler):
             self._send_error(ApiError(f"no route GET {self.route}", 404, kind="not_found_error"))
 
     def do_HEAD(self) -> None:
-        """Probes: HEAD /health gets GET's status without a body; other routes take GET or POST."""
-        if self.route == "/health":
-            status = 200 if self.server.loop.thread.is_alive() else 503
+        """GET's status and headers without its body (probes use HEAD /health); 405 or 404 as for PUT."""
+        if self._allowed_method() == "GET":
+            self.do_GET()
         else:
-            status = 405 if self.route in (*GET_ROUTES, *ROUTES, *TOKENIZER_ROUTES) else 404
-        self.server.count(self.route, status)
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+            self._wrong_method()
+
+    def _allowed_method(self) -> str | None:
+        """The method the route takes, None for an unknown path."""
+        if self.route in GET_ROUTES or self.route.startswith("/v1/models/"):
+            return "GET"
+        return "POST" if self.route in (*ROUTES, *TOKENIZER_ROUTES) else None
 
     def _wrong_method(self) -> None:
         """A method no route takes: 405 naming the one the route takes, or 404 for an unknown path."""
         self.close_connection = True  # any body is left unread
-        allowed = "GET" if self.route in GET_ROUTES else "POST" if self.route in (*ROUTES, *TOKENIZER_ROUTES) else None
+        allowed = self._allowed_method()
         if allowed is None:
             self._send_error(ApiError(f"no route {self.command} {self.route}", 404, kind="not_found_error"))
         else:
@@ -642,7 +644,8 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def _send_error(self, error: ApiError, headers: dict[str, str] | None = None) -> None:
         self._send_json(error.status, error.body(), headers)

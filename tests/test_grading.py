@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from benchmarks.grading import equivalent, extract_answer, grade
+from benchmarks.grading import choice_letter, equivalent, extract_answer, grade
 
 S1_ANSWER = "<|im_start|>answer\n"
 
@@ -145,6 +145,8 @@ OUTPUT_PAIRS = [
     (S1_ANSWER + "Final Answer: There are 13 two-digit multiples of 7.", "13", True),
     (S1_ANSWER + "Final Answer: There are 13 two-digit multiples of 7.", "7", False),
     (S1_ANSWER + "Final Answer: There are 2 cases, giving 24.", "2", False),
+    (S1_ANSWER + "Final Answer: There are 2 real roots and their sum is 7", "2", False),
+    (S1_ANSWER + "Final Answer: There are 5 boys and 7 girls.", "5", False),
     (S1_ANSWER + "Final Answer: The remainder is 24 (since 1024 - 1000 = 24).", "24", True),
     (S1_ANSWER + "Final Answer: The remainder is 24 (since 1024 - 1000 = 24).", "1000", False),
     (S1_ANSWER + "Final Answer: $12\\,000$", "12000", True),
@@ -202,6 +204,11 @@ CHOICE_PAIRS = [
     ("B is the correct answer.", "B", True),
     ("(A) and (B)", "A", False),  # two options offered: no answer
     ("(A) or (B)", "B", False),
+    ("(C) since (A) and (B) ignore spin", "C", True),  # options named in prose are not a hedge
+    ("C. Options (A) and (B) both ignore spin.", "C", True),
+    ("C is correct; (A) and (B) ignore spin", "C", True),
+    ("A is right-angled, so the answer is (C)", "C", True),
+    ("A is correct only for bosons; the answer is B", "B", True),
 ]
 
 
@@ -303,3 +310,10 @@ def test_grade_champ_grades_real_summaries_and_compares(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "of 2 problems have one" in printed
     assert ("1 now correct, 0 no longer" if grades[first][2] is False else "0 now correct, 1 no longer") in printed
+
+
+def test_an_option_whose_text_names_two_options_is_not_a_hedge():
+    choices = ("Only (A)", "Only (B)", "Both (A) and (B)", "Neither")
+    assert choice_letter("Both (A) and (B)", choices) == "C"
+    assert grade(S1_ANSWER + "Final Answer: Both (A) and (B)", "Both (A) and (B)", choices=choices)
+    assert grade(S1_ANSWER + "Final Answer: (C)", "C", choices=choices)

@@ -2,6 +2,7 @@
 resume after an interruption, bad flags."""
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -328,12 +329,20 @@ def test_a_locked_dir_a_corrupt_samples_line_and_a_bom_are_handled(model_dir, da
     bom.write_bytes(b"\xef\xbb\xbf" + data.read_bytes())  # as editors on Windows save it
     out = tmp_path / "out"
     assert run(model_dir, bom, out, "--methods", "budget", "--budgets", "4", "--limit", "2") == 0
+    run_json = (out / "run.json").read_text()
     args = scaling.parse_args(["--data", str(bom), "--output", str(out), *SMALL, "--model", str(model_dir)])
     items = scaling.load_items(args)
     llm = scaling.LLM(model=model_dir)
-    with scaling.claim_output(args, items, llm):  # another run holds the dir
+    lock = scaling.claim_output(args, items, llm)  # another run holds the dir
+    try:
         with pytest.raises(scaling.UsageError, match="is in use by another run"):
             scaling.claim_output(args, items, llm)
+    finally:
+        os.close(lock)
+    (out / "run.json").write_text('{"model": null, "questions_sha256": "abc"}')  # as the day's first version wrote
+    assert run(model_dir, bom, out, "--methods", "budget", "--budgets", "4", "--limit", "2") == 2
+    assert "was written by an older version" in capsys.readouterr().err
+    (out / "run.json").write_text(run_json)
     path = out / "samples-budget-4.jsonl"
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0], "{oops", lines[1]]) + "\n")

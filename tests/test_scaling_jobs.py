@@ -123,3 +123,37 @@ def test_scaling_logs_questions_in_order_when_a_later_one_finishes_first(make_mo
         assert ids == [i.id for i in items for _ in range(2 if "n2" in name else 1)], name
     err = capsys.readouterr().err
     assert "budget: question huge could not run (prompt has" in err and "scored as unanswered" in err
+
+
+def test_an_interrupted_method_keeps_every_question_that_finished(llm, tmp_path, monkeypatch):
+    from benchmarks.scaling_harness import Harness
+    from benchmarks.scaling_jobs import Job
+    from benchmarks.scaling_methods import Method
+
+    class Slow(Method):  # q0 generates 40 tokens, the others 1
+        name = "slow"
+
+        def settings(self):
+            return ["x"]
+
+        def plan(self, h, item, settings):
+            [outputs] = yield [Job(prompt(6, int(item.id[1:])), params(40 if item.id == "q0" else 1))]
+            return {"x": [{"id": item.id, "thinking_tokens": 0, "answer_tokens": len(outputs[0].token_ids)}]}
+
+    items = [EvalItem(f"q{i}", "?", "1") for i in range(30)]
+    logs = scaling.open_logs(Slow(), tmp_path)
+    steps, step = [0], llm.step
+
+    def interrupted():
+        steps[0] += 1
+        if steps[0] == 20:
+            raise KeyboardInterrupt
+        step()
+
+    monkeypatch.setattr(llm, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        scaling.run_method(Harness(llm), Slow(), logs, items)
+    written = [json.loads(line)["id"] for line in (tmp_path / "samples-slow-x.jsonl").read_text().splitlines()]
+    assert sorted(written, key=lambda q: int(q[1:])) == [f"q{i}" for i in range(1, 30)]  # all but the slow one
+    assert not llm.has_unfinished()
+    llm.core.block_manager.check_all_free()

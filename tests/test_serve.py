@@ -224,12 +224,15 @@ def test_models_and_health(server):
     assert post(server, "/v1/completions", {"prompt": "hi", "max_tokens": 2, "model": server.model_name})[0] == 200
     assert post(server, "/v1/completions?api-version=1", {"prompt": "hi", "max_tokens": 2})[0] == 200
     assert request(server, "GET", "/v1/nothing")[0] == 404
-    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
-    for path, status in (("/health", 200), ("/v1/models", 405), ("/v1/nothing", 404)):
+    encoded = "".join(f"%{b:02X}" for b in server.model_name.encode())
+    assert request(server, "GET", f"/v1/models/{encoded}")[0] == 200  # percent-decoded
+    for path, status, allow in (("/health", 200, None), ("/v1/models", 200, None), (f"/v1/models/{server.model_name}", 200, None),
+                                ("/v1/models/gpt-4", 404, None), ("/v1/completions", 405, "POST"), ("/v1/nothing", 404, None)):
+        conn = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
         conn.request("HEAD", path)
         r = conn.getresponse()
-        assert (r.status, r.read()) == (status, b""), path
-    conn.close()
+        assert (r.status, r.read(), r.getheader("Allow")) == (status, b"", allow), path
+        conn.close()
 
 
 def test_a_stop_string_that_is_not_unicode_fails_its_request_alone(server):
