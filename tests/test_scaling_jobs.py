@@ -115,9 +115,12 @@ def test_scaling_logs_questions_in_order_when_a_later_one_finishes_first(make_mo
              EvalItem("huge", "word " * 1100, "5")]  # longer than the tiny model's 1024-token context
     data = tmp_path / "eval.jsonl"
     write_eval_set(items, data)
-    argv = ["--model", str(model), "--data", str(data), "--device", "cpu", "--methods", "budget,parallel", "--n", "2",
-            "--budgets", "4,auto", "--max-tokens", "16", "--max-answer-tokens", "2", "--output", str(tmp_path / "out")]
+    argv = ["--model", str(model), "--data", str(data), "--device", "cpu", "--methods", "budget,parallel,best-of-n",
+            "--n", "2", "--budgets", "4,auto", "--max-tokens", "16", "--max-answer-tokens", "2",
+            "--output", str(tmp_path / "out")]
     assert scaling.main(argv) == 0
+    best = [json.loads(line) for line in (tmp_path / "out" / "samples-best-of-n-n2.jsonl").read_text().splitlines()]
+    assert [r["score"] for r in best if r["id"] == "huge"] == [float("-inf")] * 2  # nothing to score
     for name in ("samples-budget-4.jsonl", "samples-budget-auto.jsonl", "samples-parallel-n2.jsonl"):
         ids = [json.loads(line)["id"] for line in (tmp_path / "out" / name).read_text().splitlines()]
         assert ids == [i.id for i in items for _ in range(2 if "n2" in name else 1)], name
