@@ -223,10 +223,10 @@ def regrade(h: Harness, logs: list[SampleLog], items: list[EvalItem]) -> int:
 
 
 def run_method(h: Harness, method: Method, logs: dict[str, SampleLog], items: list[EvalItem]) -> None:
-    """Each question once under every setting it still lacks, many questions batched in the engine. The bar
-    moves as each question finishes; rows are appended per (question, setting) in the questions' order (a
-    question is appended as soon as it finishes (an interruption loses only the unfinished ones), and once
-    all are done each file is put in the questions' order, so a resumed run ends with the same files."""
+    """Each question once under every setting it still lacks, many questions batched in the engine. As each
+    question finishes the bar moves and its rows are appended (an interruption loses only the unfinished
+    questions); once all are done each file is put in the questions' order, so a resumed run ends with the
+    same files."""
     todo = [(item, [s for s, log in logs.items() if item.id not in log.done]) for item in items]
     todo = [(item, missing) for item, missing in todo if missing]  # a resume starts where the last run stopped
     start, tokens = time.perf_counter(), 0
