@@ -153,6 +153,15 @@ def test_a_bad_conversation_or_sweep_prompt_in_a_list_does_not_stop_the_others(l
     assert outs[2].error == "conversations[1]: messages[0] has no content"
     assert outs[4].error.startswith("conversations[2]: messages[0].content is not valid Unicode")
     assert [o.token_ids for o in outs[6:]] == [o.token_ids for o in llm.chat(good, params, use_tqdm=False)]
+    strict = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system messages') }}{% endif %}" + \
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    hf, template = llm.tokenizer.hf, llm.tokenizer.hf.chat_template
+    hf.chat_template = strict  # a template that refuses some conversations, as some models' do
+    try:
+        outs = llm.chat([[{"role": "system", "content": "x"}, *good], good], SamplingParams(max_tokens=2), use_tqdm=False)
+    finally:
+        hf.chat_template = template
+    assert [o.finish_reason for o in outs] == ["error", "length"] and "no system messages" in outs[0].error
     budgets = [ThinkingBudget(max_tokens=1), ThinkingBudget(max_tokens=2)]
     rows = llm.sweep([[5, 6], [9] * 80, [7]], SamplingParams(max_tokens=4), budgets, use_tqdm=False)
     assert [[o.finish_reason for o in row] for row in rows] == [["length"] * 2, ["error"] * 2, ["length"] * 2]
