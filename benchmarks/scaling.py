@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,10 +111,18 @@ def build_methods(args: argparse.Namespace, device: str = "cpu") -> list[Method]
 
 
 def load_items(args: argparse.Namespace) -> list[EvalItem]:
-    """The questions of every --data set; each item's source names its set (the file's stem when its rows
-    name none), for the summary's accuracy by set."""
-    items = [replace(item, source=item.source or Path(spec).stem) for spec in args.data
-             for item in load_eval_set(spec, limit=args.limit, seed=args.seed)]
+    """The questions of every --data set; each item's source names its set, for the summary's accuracy by set:
+    the source its rows give, else the file's stem, or the path as given when the stem is ambiguous (two files
+    of one name, or a stem that is also a source)."""
+    loaded = [(spec, load_eval_set(spec, limit=args.limit, seed=args.seed)) for spec in args.data]
+    sources = {item.source for _, set_items in loaded for item in set_items if item.source}
+    stems = Counter(Path(spec).stem for spec in args.data)
+
+    def label(spec: str) -> str:
+        stem = Path(spec).stem
+        return stem if stems[stem] == 1 and stem not in sources else spec
+
+    items = [replace(item, source=item.source or label(spec)) for spec, set_items in loaded for item in set_items]
     seen, duplicates = set(), []
     for item in items:
         if item.id in seen:
@@ -132,42 +141,49 @@ RESULT_FLAGS = ("model", "think_format", "system", "max_tokens", "max_answer_tok
 
 
 def question_digest(item: EvalItem) -> str:
-    return hashlib.sha256(json.dumps([item.question, item.answer, item.choices]).encode()).hexdigest()
+    """What a question's samples depend on: its text and options (a corrected reference answer only regrades)."""
+    return hashlib.sha256(json.dumps([item.question, item.choices]).encode()).hexdigest()
 
 
-def claim_output(args: argparse.Namespace, items: list[EvalItem], llm: LLM) -> int:
-    """Lock the output dir for this run and record in its run.json what shapes samples: the flags, the
-    engine's device and dtype, and a digest of every question by id. Resuming with other flags, or with a
-    question whose text, answer or options changed under its id, would mix incomparable samples, so it is
-    refused; other questions (a larger --limit, another file) and other methods and settings may join.
-    Returns the locked dir's descriptor: the lock lasts until it is closed."""
-    out = Path(args.output)
+def lock_output(out: Path) -> int:
+    """Create and lock the output dir for this run, before the model loads; returns the descriptor that holds
+    the lock until it is closed."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output {out} is a file, not a directory")
     out.mkdir(parents=True, exist_ok=True)
     lock = os.open(out, os.O_RDONLY)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        record_run(args, items, llm, out)
-    except BaseException as e:
+    except BlockingIOError:
         os.close(lock)
-        if isinstance(e, BlockingIOError):
-            raise UsageError(f"--output {out} is in use by another run; wait for it or use another dir") from None
-        raise
+        raise UsageError(f"--output {out} is in use by another run; wait for it or use another dir") from None
     return lock
 
 
 def record_run(args: argparse.Namespace, items: list[EvalItem], llm: LLM, out: Path) -> None:
+    """Record in run.json what shapes samples: the flags, the engine's device and dtype, and a digest of every
+    question by id. Resuming with other flags, or with a question whose text or options changed under its id,
+    would mix incomparable samples, so it is refused; other questions (a larger --limit, another file) and
+    other methods and settings may join. Samples without a record are refused too (their flags are unknown)."""
     record = out / "run.json"
+    start_over = "use another dir, or delete run.json and the samples-*.jsonl files there to start over"
     flags = {**{name: getattr(args, name) for name in RESULT_FLAGS}, "device": llm.device.type,
              "dtype": str(llm.dtype).removeprefix("torch.")}
+    if not record.exists() and any(out.glob("samples-*.jsonl")):
+        raise UsageError(f"--output {out} holds samples but no run.json, so not the flags they were made with; "
+                         + start_over)
     try:
         old = json.loads(record.read_text(encoding="utf-8")) if record.exists() else {**flags, "questions": {}}
     except ValueError as e:
-        raise UsageError(f"{record} is not valid JSON ({e}); delete it to start the run over, or use another dir") from None
-    if not isinstance(old, dict) or not isinstance(old.get("questions"), dict):
-        raise UsageError(f"{record} was written by an older version (it records no questions by id); use another "
-                         "dir, or delete it to let this run add to the samples there")
+        raise UsageError(f"{record} is not valid JSON ({e}); {start_over}") from None
+    if not isinstance(old, dict):
+        raise UsageError(f"{record} is not a run record; {start_over}")
+    if not isinstance(old.get("questions"), dict):  # this morning's record: one digest of the whole set
+        asked = json.dumps([[i.id, i.question, i.answer, i.choices] for i in items])
+        if old.get("questions_sha256") != hashlib.sha256(asked.encode()).hexdigest():
+            raise UsageError(f"{record} is an older record, of one set of questions as a whole: resume once with that "
+                             f"run's --data and --limit (later runs may add questions), or {start_over}")
+        old["questions"] = {}
     changed = sorted(k for k in flags if old.get(k) != flags[k])
     questions = dict(old["questions"])
     edited = [i.id for i in items if questions.setdefault(i.id, question_digest(i)) != question_digest(i)]
@@ -181,19 +197,24 @@ def record_run(args: argparse.Namespace, items: list[EvalItem], llm: LLM, out: P
 
 
 def check_room(h: Harness, methods: list[Method], items: list[EvalItem]) -> None:
-    """Refuse a run whose "auto" thinking cap is 0 for a question that fits (it would not think at all under
-    the methods that use it); warn when a forced cap lies above it (thinking then ends by length, maybe
-    before any answer)."""
+    """Refuse a run whose --max-tokens makes the "auto" thinking cap 0 for a question that fits (it would not
+    think at all under the methods that use it); warn when the context itself does that (a long question),
+    and when a forced cap lies above the "auto" one (thinking then ends by length, maybe before any answer)."""
     prompts = {item.id: h.prompt(item) for item in items}
     fitting = [i for i in items if h.room(prompts[i.id]) > 0]  # the rest are reported when they run
     auto = {i.id: h.auto_cap(prompts[i.id]) for i in fitting}
     users = [m.name for m in methods if m.uses_auto_cap]
     starved = [i for i in fitting if auto[i.id] == 0]
-    if users and starved:
-        room = f"--max-tokens {h.max_tokens}" if h.max_tokens is not None else f"the context ({h.llm.max_model_len} tokens)"
-        raise UsageError(f"{room} leaves {len(starved)} of {len(items)} questions no room to think under "
-                         f"{', '.join(users)}: the 'auto' cap is the room less the splices and the answer's "
-                         f"{h.answer_room()} tokens; raise --max-tokens or lower --max-answer-tokens")
+    by_flag = [i for i in starved if h.room(prompts[i.id]) < h.llm.max_model_len - len(prompts[i.id])]
+    if users and by_flag:
+        raise UsageError(f"--max-tokens {h.max_tokens} leaves {len(by_flag)} of {len(items)} questions no room to "
+                         f"think under {', '.join(users)}: the 'auto' cap is the room less the splices and the "
+                         f"answer's {h.answer_room()} tokens; raise --max-tokens or lower --max-answer-tokens")
+    if users and starved:  # the context itself is the limit: those questions answer without thinking
+        ids = ", ".join(i.id for i in starved[:5]) + (", ..." if len(starved) > 5 else "")
+        print(f"warning: {len(starved)} question(s) leave no room to think within the context "
+              f"({h.llm.max_model_len} tokens) under {', '.join(users)}: {ids}; they answer without thinking there",
+              file=sys.stderr)
     for method in methods:
         over = {cap: sum(cap > auto[i.id] for i in fitting) for cap in method.forced_caps}
         over = {cap: n for cap, n in over.items() if n}
@@ -208,15 +229,17 @@ def open_logs(method: Method, out: Path) -> dict[str, SampleLog]:
 
 
 def regrade(h: Harness, logs: list[SampleLog], items: list[EvalItem]) -> int:
-    """Grade anew the rows of these questions that another grader version graded (the samples stand; only
-    their answers' grading changes), so that one summary never mixes graders. Returns how many."""
+    """Grade anew the rows of these questions that another grader version graded, or against a reference
+    since corrected (the samples stand; only their grading changes), so that one summary never mixes
+    graders. Returns how many."""
     by_id = {item.id: item for item in items}
     files = {log: read_rows(log.path) if log.path.exists() else [] for log in logs}
-    stale = [(log, i) for log, rows in files.items() for i, row in enumerate(rows)
-             if row["id"] in by_id and row.get("grader") != grader_version()]
+    stale = [(log, i) for log, rows in files.items() for i, row in enumerate(rows) if row["id"] in by_id
+             and (row.get("grader") != grader_version() or row["reference"] != by_id[row["id"]].answer)]
     for log, i in tqdm(stale, desc="regrading", unit="row", disable=not stale or None):
-        row = files[log][i]
-        files[log][i] = {**row, **h.graded(by_id[row["id"]], row["output"], len(row["output"]) > len(row["thinking_text"]))}
+        row, item = files[log][i], by_id[files[log][i]["id"]]
+        ended = len(row["output"]) > len(row["thinking_text"])
+        files[log][i] = {**row, "reference": item.answer, **h.graded(item, row["output"], ended)}
     for log in dict.fromkeys(log for log, _ in stale):
         log.rewrite(files[log])
     return len(stale)
@@ -226,7 +249,7 @@ def run_method(h: Harness, method: Method, logs: dict[str, SampleLog], items: li
     """Each question once under every setting it still lacks, many questions batched in the engine. As each
     question finishes the bar moves and its rows are appended (an interruption loses only the unfinished
     questions); once all are done each file is put in the questions' order, so a resumed run ends with the
-    same files."""
+    same files (for sampled methods, up to draws that batch-shape rounding flips: see SamplingParams)."""
     todo = [(item, [s for s, log in logs.items() if item.id not in log.done]) for item in items]
     todo = [(item, missing) for item, missing in todo if missing]  # a resume starts where the last run stopped
     start, tokens = time.perf_counter(), 0
@@ -246,24 +269,35 @@ def run_method(h: Harness, method: Method, logs: dict[str, SampleLog], items: li
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    out = Path(args.output)
+    fresh = not out.exists()
     try:
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
         methods = build_methods(args, str(device))
         items = load_items(args)
-        llm = LLM(model=args.model, device=device, dtype=dtype)
-        h = Harness(llm, args.think_format, args.system, args.max_tokens, args.max_answer_tokens,
-                    args.final_answer_str or None, args.ignore_str, args.temperature, args.top_p, args.top_k,
-                    args.sample_temperature, args.seed)
-        for sampled in (False, True):  # bad sampling or budget flags fail here, not mid-run
-            h.params(h.prompt(items[0]), items[0], h.budget(None, num_ignore=1), sampled=sampled)
-        check_room(h, methods, items)
-        out = Path(args.output)
-        lock = claim_output(args, items, llm)
+        lock = lock_output(out)
     except (ValueError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        try:
+            llm = LLM(model=args.model, device=device, dtype=dtype)
+            h = Harness(llm, args.think_format, args.system, args.max_tokens, args.max_answer_tokens,
+                        args.final_answer_str or None, args.ignore_str, args.temperature, args.top_p, args.top_k,
+                        args.sample_temperature, args.seed)
+            for sampled in (False, True):  # bad sampling or budget flags fail here, not mid-run
+                h.params(h.prompt(items[0]), items[0], h.budget(None, num_ignore=1), sampled=sampled)
+            check_room(h, methods, items)
+            record_run(args, items, llm, out)
+        except (ValueError, OSError, ImportError, KeyboardInterrupt) as e:
+            if fresh and not any(out.iterdir()):
+                out.rmdir()  # refused before anything was written: leave no empty dir behind
+            if isinstance(e, KeyboardInterrupt):
+                print("\ninterrupted before the run started", file=sys.stderr)
+                return 130
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         return run(args, h, methods, items, out)
     finally:
         os.close(lock)  # the dir is free for another run
@@ -279,7 +313,8 @@ def run(args: argparse.Namespace, h: Harness, methods: list[Method], items: list
     try:
         regraded = regrade(h, [log for method_logs in logs.values() for log in method_logs.values()], items)
         if regraded:
-            print(f"regraded {regraded} sample rows graded by another version of benchmarks/grading.py", file=sys.stderr)
+            print(f"regraded {regraded} sample rows (graded by another version of benchmarks/grading.py, or "
+                  "against another reference answer)", file=sys.stderr)
         for method in methods:
             run_method(h, method, logs[method.name], items)
     except KeyboardInterrupt:

@@ -184,6 +184,8 @@ class RejectionSampling(Method):
             n = min(REJECTION_ROUND, self.max_tries - len(samples))
             params = h.params(prompt, item, h.budget(auto), sampled=True, n=n)
             [outputs] = yield [Job(prompt, replace(params, seed=params.seed + len(samples)))]
+            if outputs[0].finish_reason == "error":  # the prompt did not fit: nothing was sampled
+                return {s: [h.row(item, Sample.of(outputs[0], tries=0, fits=False), int(s))] for s in settings}
             samples += [Sample.of(o) for o in outputs]
             for s in settings:
                 fitting = [i for i, x in enumerate(samples) if x.ended_thinking and x.thinking_tokens <= int(s)]
@@ -220,11 +222,13 @@ class ParallelSampling(Method):
         if self.scorer is None:
             scores = [None] * len(outputs)
         elif outputs[0].finish_reason == "error":  # the prompt did not fit: no sample to score
-            scores = [-math.inf] * len(outputs)
+            scores = [None] * len(outputs)
         else:
             scores = self.scorer(item, outputs)
         rows = []
         for o, score in zip(outputs, scores):
-            extra = {"sample_index": o.sample_index} | ({} if score is None else {"score": score})
+            if score is not None and not math.isfinite(score):
+                score = None  # no answer to score (JSON has no -inf); best_of ranks it last
+            extra = {"sample_index": o.sample_index} | ({} if self.scorer is None else {"score": score})
             rows.append(h.row(item, Sample.of(o, **extra), cap))
         return {settings[0]: rows}

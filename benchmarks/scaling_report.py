@@ -1,6 +1,7 @@
 """From the samples files to summary.json, summary.md and the plots. Everything is read back from the files,
 so a resumed run reports exactly what an uninterrupted one does."""
 import json
+import math
 from pathlib import Path
 
 from benchmarks import metrics
@@ -51,8 +52,9 @@ def summarize(methods: list[Method], out: Path, header: dict, sources: dict[str,
 def single_run(method: Method, setting: str, rows: list[dict]) -> dict:
     stats = metrics.sample_stats(rows)
     bound = method.bound(setting)
-    if bound is None and setting == "auto":
-        bound = sum(r["max_thinking_tokens"] for r in rows) / len(rows)
+    if bound is None and setting == "auto":  # the mean cap over the questions that ran
+        ran = [r["max_thinking_tokens"] for r in rows if r["finish_reason"] != "error"] or [0]
+        bound = sum(ran) / len(ran)
     run = {"method": method.name, "setting": setting, "accuracy": stats["accuracy"],
            "avg_thinking_tokens": stats["thinking_tokens"]["mean"], "avg_steps": stats["steps"]["mean"],
            "num_questions": len(rows), "bound": bound, "bound_on": method.bound_on}
@@ -105,7 +107,8 @@ def vote_keys(rows: list[dict]) -> list[str | None]:
 
 
 def best_of(rows: list[dict]) -> dict:
-    return max(rows, key=lambda r: r["score"])  # max keeps the first of equal scores
+    """The highest-scoring sample (the first of equal scores); an unscored one (None) ranks last."""
+    return max(rows, key=lambda r: -math.inf if r["score"] is None else r["score"])
 
 
 def method_metrics(runs: list[dict]) -> dict:
@@ -205,6 +208,7 @@ def plot(summary: dict, out: Path) -> list[Path]:
     fig.savefig(paths[0], metadata={"Software": None})
     plt.close(fig)
     parallel = [r for r in summary["settings"] if "k" in r]
+    (out / "parallel.png").unlink(missing_ok=True)  # an earlier invocation's, when this one has no parallel runs
     if parallel:
         paths.append(out / "parallel.png")
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -1,5 +1,6 @@
 """python -m benchmarks.scaling end to end on a tiny random model: every method, every file it writes,
 resume after an interruption, bad flags."""
+import hashlib
 import json
 import math
 import os
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -333,15 +335,25 @@ def test_a_locked_dir_a_corrupt_samples_line_and_a_bom_are_handled(model_dir, da
     args = scaling.parse_args(["--data", str(bom), "--output", str(out), *SMALL, "--model", str(model_dir)])
     items = scaling.load_items(args)
     llm = scaling.LLM(model=model_dir)
-    lock = scaling.claim_output(args, items, llm)  # another run holds the dir
+    lock = scaling.lock_output(out)  # another run holds the dir
     try:
-        with pytest.raises(scaling.UsageError, match="is in use by another run"):
-            scaling.claim_output(args, items, llm)
+        assert run(model_dir, bom, out, "--methods", "budget", "--budgets", "4", "--limit", "2") == 2
+        assert "is in use by another run" in capsys.readouterr().err
     finally:
         os.close(lock)
-    (out / "run.json").write_text('{"model": null, "questions_sha256": "abc"}')  # as the day's first version wrote
+    record = json.loads(run_json)
+    del record["questions"]  # as the day's first version wrote it: one digest of the whole set
+    items = scaling.load_items(args)[:2]
+    asked = json.dumps([[i.id, i.question, i.answer, i.choices] for i in items])
+    (out / "run.json").write_text(json.dumps({**record, "questions_sha256": "0" * 64}))
     assert run(model_dir, bom, out, "--methods", "budget", "--budgets", "4", "--limit", "2") == 2
-    assert "was written by an older version" in capsys.readouterr().err
+    assert "is an older record, of one set of questions as a whole" in capsys.readouterr().err
+    (out / "run.json").write_text(json.dumps({**record, "questions_sha256": hashlib.sha256(asked.encode()).hexdigest()}))
+    assert run(model_dir, bom, out, "--methods", "budget", "--budgets", "4", "--limit", "2") == 0  # the same set
+    assert json.loads((out / "run.json").read_text())["questions"].keys() == {"q1", "q2"}
+    (out / "run.json").unlink()  # samples whose flags are unknown
+    assert run(model_dir, bom, out, "--methods", "budget", "--budgets", "4", "--limit", "2") == 2
+    assert "holds samples but no run.json" in capsys.readouterr().err
     (out / "run.json").write_text(run_json)
     path = out / "samples-budget-4.jsonl"
     lines = path.read_text().splitlines()
@@ -365,6 +377,10 @@ def test_several_eval_sets_get_accuracy_by_set(model_dir, tmp_path):
     assert budget["accuracy_by_set"] == {"arith": 50.0 * (correct["q1"] + correct["q3"]), "choice": 100.0 * correct["q2"]}
     assert all(set(r["accuracy_by_set"]) == {"arith", "choice"} for r in summary["settings"])
     assert "| method | setting | arith | choice |" in (out / "summary.md").read_text()
+    assert (out / "parallel.png").exists()
+    assert scaling.main(["--model", str(model_dir), "--data", str(first), str(second), "--output", str(out), *SMALL,
+                         "--methods", "budget", "--budgets", "4"]) == 0
+    assert not (out / "parallel.png").exists()  # no stale plot beside a summary without parallel runs
 
 
 def test_rows_graded_by_another_grader_are_regraded_on_resume(model_dir, data, tmp_path, capsys):
@@ -378,8 +394,13 @@ def test_rows_graded_by_another_grader_are_regraded_on_resume(model_dir, data, t
         (tmp_path / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in stale))
     capsys.readouterr()
     assert run(model_dir, data, tmp_path, *flags) == 0
-    assert "regraded 6 sample rows graded by another version" in capsys.readouterr().err
+    assert "regraded 6 sample rows (graded by another version of benchmarks/grading.py" in capsys.readouterr().err
     assert {name: (tmp_path / name).read_bytes() for name in names} == fresh
     assert (tmp_path / "summary.json").read_bytes() == summary
     assert run(model_dir, data, tmp_path, *flags) == 0
     assert "regraded" not in capsys.readouterr().err
+    corrected = tmp_path / "corrected.jsonl"  # q1's reference fixed: the same question, regraded, not refused
+    write_eval_set([replace(QUESTIONS[0], answer="5"), *QUESTIONS[1:]], corrected)
+    assert scaling.main(["--model", str(model_dir), "--data", str(corrected), "--output", str(tmp_path), *SMALL, *flags]) == 0
+    assert "regraded 3 sample rows" in capsys.readouterr().err  # q1 under budget auto, and its 2 parallel samples
+    assert {r["reference"] for r in rows(tmp_path / "samples-budget-auto.jsonl") if r["id"] == "q1"} == {"5"}

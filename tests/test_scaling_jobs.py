@@ -115,12 +115,18 @@ def test_scaling_logs_questions_in_order_when_a_later_one_finishes_first(make_mo
              EvalItem("huge", "word " * 1100, "5")]  # longer than the tiny model's 1024-token context
     data = tmp_path / "eval.jsonl"
     write_eval_set(items, data)
-    argv = ["--model", str(model), "--data", str(data), "--device", "cpu", "--methods", "budget,parallel,best-of-n",
-            "--n", "2", "--budgets", "4,auto", "--max-tokens", "16", "--max-answer-tokens", "2",
+    argv = ["--model", str(model), "--data", str(data), "--device", "cpu", "--methods", "budget,parallel,best-of-n,rejection",
+            "--n", "2", "--max-tries", "2", "--budgets", "4,auto", "--max-tokens", "16", "--max-answer-tokens", "2",
             "--output", str(tmp_path / "out")]
     assert scaling.main(argv) == 0
     best = [json.loads(line) for line in (tmp_path / "out" / "samples-best-of-n-n2.jsonl").read_text().splitlines()]
-    assert [r["score"] for r in best if r["id"] == "huge"] == [float("-inf")] * 2  # nothing to score
+    assert [r["score"] for r in best if r["id"] == "huge"] == [None] * 2  # nothing to score
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "samples-rejection-4.jsonl").read_text().splitlines()]
+    assert [(r["tries"], r["fits"]) for r in rejected if r["id"] == "huge"] == [(0, False)]  # never sampled
+    auto = [json.loads(line) for line in (tmp_path / "out" / "samples-budget-auto.jsonl").read_text().splitlines()]
+    runs = json.loads((tmp_path / "out" / "summary.json").read_text())["settings"]
+    ran = [r["max_thinking_tokens"] for r in auto if r["id"] != "huge"]
+    assert next(r["bound"] for r in runs if r["setting"] == "auto") == sum(ran) / len(ran)  # not averaged with 0
     for name in ("samples-budget-4.jsonl", "samples-budget-auto.jsonl", "samples-parallel-n2.jsonl"):
         ids = [json.loads(line)["id"] for line in (tmp_path / "out" / name).read_text().splitlines()]
         assert ids == [i.id for i in items for _ in range(2 if "n2" in name else 1)], name
@@ -160,3 +166,22 @@ def test_an_interrupted_method_keeps_every_question_that_finished(llm, tmp_path,
     assert sorted(written, key=lambda q: int(q[1:])) == [f"q{i}" for i in range(1, 30)]  # all but the slow one
     assert not llm.has_unfinished()
     llm.core.block_manager.check_all_free()
+
+
+def test_a_question_the_context_starves_answers_without_thinking_and_same_named_files_stay_apart(make_model, tmp_path,
+                                                                                                 capsys):
+    model = make_model("llama", seed=5, end_token=1, hf_init=True)
+    first, second = tmp_path / "a" / "set.jsonl", tmp_path / "b" / "set.jsonl"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    write_eval_set([EvalItem("short", "2+2?", "4")], first)
+    write_eval_set([EvalItem("near", "word " * 960, "5")], second)  # fits the 1024-token context, not 50 more
+    argv = ["--model", str(model), "--data", str(first), str(second), "--device", "cpu", "--methods", "budget,rejection",
+            "--budgets", "4,auto", "--max-answer-tokens", "50", "--max-tries", "2", "--output", str(tmp_path / "out")]
+    assert scaling.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 question(s) leave no room to think within the context (1024 tokens) under budget, rejection: near" in err
+    auto = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "out" / "samples-budget-auto.jsonl").read_text().splitlines()}
+    assert auto["near"]["max_thinking_tokens"] == 0 and auto["near"]["thinking_tokens"] == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary["settings"][0]["accuracy_by_set"]) == {str(first), str(second)}  # one stem, two sets
