@@ -145,6 +145,11 @@ def question_digest(item: EvalItem) -> str:
     return hashlib.sha256(json.dumps([item.question, item.choices]).encode()).hexdigest()
 
 
+def earlier_question_digest(item: EvalItem) -> str:
+    """The digest run.json kept per question before 549cdb1 (it also covered the reference answer)."""
+    return hashlib.sha256(json.dumps([item.question, item.answer, item.choices]).encode()).hexdigest()
+
+
 def lock_output(out: Path) -> int:
     """Create and lock the output dir for this run, before the model loads; returns the descriptor that holds
     the lock until it is closed."""
@@ -154,9 +159,11 @@ def lock_output(out: Path) -> int:
     lock = os.open(out, os.O_RDONLY)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except BaseException as e:
         os.close(lock)
-        raise UsageError(f"--output {out} is in use by another run; wait for it or use another dir") from None
+        if isinstance(e, BlockingIOError):
+            raise UsageError(f"--output {out} is in use by another run; wait for it or use another dir") from None
+        raise
     return lock
 
 
@@ -186,7 +193,13 @@ def record_run(args: argparse.Namespace, items: list[EvalItem], llm: LLM, out: P
         old["questions"] = {}
     changed = sorted(k for k in flags if old.get(k) != flags[k])
     questions = dict(old["questions"])
-    edited = [i.id for i in items if questions.setdefault(i.id, question_digest(i)) != question_digest(i)]
+    edited = []
+    for i in items:
+        recorded = questions.setdefault(i.id, question_digest(i))
+        if recorded == earlier_question_digest(i):  # recorded before the answer left the digest: the same question
+            questions[i.id] = question_digest(i)
+        elif recorded != question_digest(i):
+            edited.append(i.id)
     if changed or edited:
         what = f"other {', '.join(changed)}" if changed else f"another question under the id {edited[0]!r}"
         raise UsageError(f"--output {out} holds a run made with {what}; resume with the same flags and questions "

@@ -351,6 +351,11 @@ def test_a_locked_dir_a_corrupt_samples_line_and_a_bom_are_handled(model_dir, da
     (out / "run.json").write_text(json.dumps({**record, "questions_sha256": hashlib.sha256(asked.encode()).hexdigest()}))
     assert run(model_dir, bom, out, "--methods", "budget", "--budgets", "4", "--limit", "2") == 0  # the same set
     assert json.loads((out / "run.json").read_text())["questions"].keys() == {"q1", "q2"}
+    record = json.loads((out / "run.json").read_text())  # per-question digests as 549cdb1's parent kept them
+    record["questions"] = {i.id: scaling.earlier_question_digest(i) for i in items}
+    (out / "run.json").write_text(json.dumps(record))
+    assert run(model_dir, bom, out, "--methods", "budget", "--budgets", "4", "--limit", "2") == 0
+    assert json.loads((out / "run.json").read_text())["questions"] == {i.id: scaling.question_digest(i) for i in items}
     (out / "run.json").unlink()  # samples whose flags are unknown
     assert run(model_dir, bom, out, "--methods", "budget", "--budgets", "4", "--limit", "2") == 2
     assert "holds samples but no run.json" in capsys.readouterr().err
