@@ -92,8 +92,7 @@ class Harness:
         return (self.seed * 1_000_003 + zlib.crc32(item.id.encode())) % 2**31
 
     def row(self, item: EvalItem, sample: Sample, max_thinking_tokens: int | None) -> dict:
-        """A sample row; `max_thinking_tokens` is the run's token limit (its cap, or the one the prompt states).
-        """
+        """A sample row; `max_thinking_tokens` is the run's token limit (its cap, or the one the prompt states)."""
         return {
             "id": item.id, "question": item.question, "reference": item.answer, "output": sample.text,
             "thinking_text": sample.thinking_text, "answer_text": sample.answer_text,

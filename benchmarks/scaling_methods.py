@@ -219,9 +219,7 @@ class ParallelSampling(Method):
         cap = h.auto_cap(prompt)
         logprobs = None if self.scorer is None else 0
         [outputs] = yield [Job(prompt, h.params(prompt, item, h.budget(cap), sampled=True, n=self.n, logprobs=logprobs))]
-        if self.scorer is None:
-            scores = [None] * len(outputs)
-        elif outputs[0].finish_reason == "error":  # the prompt did not fit: no sample to score
+        if self.scorer is None or outputs[0].finish_reason == "error":  # an error: the prompt did not fit
             scores = [None] * len(outputs)
         else:
             scores = self.scorer(item, outputs)

@@ -243,8 +243,7 @@ class LLM:
             except (ValueError, TypeError) as e:
                 if single:
                     raise
-                ids = list(prompt) if isinstance(prompt, list) else []
-                requests.append([error_output(ids, str(e), i) for i in range(sp.n)])
+                requests.append([error_output(prompt, str(e), i) for i in range(sp.n)])
         return self._run(requests, use_tqdm)
 
     def _run(self, requests: list, use_tqdm: bool) -> list[Output]:
@@ -290,8 +289,7 @@ class LLM:
                 except (ValueError, TypeError) as e:  # a bad prompt in a list: error Outputs, the others run
                     if single:
                         raise
-                    ids = list(prompt) if isinstance(prompt, list) else []
-                    requests.append([error_output(ids, str(e), 0) for _ in settings])
+                    requests.append([error_output(prompt, str(e), 0) for _ in settings])
                     continue
                 requests.append(self.add_sweep(token_ids, sp, settings))
         except BaseException:

@@ -33,8 +33,10 @@ class Output:
     prompt_logprobs: list[dict[int, float] | None] | None = None  # per prompt token (None: not scored, as the first)
 
 
-def error_output(prompt_token_ids: list[int], message: str, sample_index: int = 0) -> Output:
-    """The Output of a request that could not run (finish_reason "error", `message` in `error`)."""
+def error_output(prompt: str | list[int], message: str, sample_index: int = 0) -> Output:
+    """The Output of a request that could not run (finish_reason "error", `message` in `error`); its prompt
+    ids are the prompt's when it was given as ids."""
+    prompt_token_ids = list(prompt) if isinstance(prompt, list) else []
     return Output(request_id=-1, prompt_token_ids=prompt_token_ids, token_ids=[], text="", thinking_text="",
                   answer_text="", num_thinking_tokens=0, num_answer_tokens=0, num_ignores_used=0,
                   finish_reason="error", error=message, sample_index=sample_index)

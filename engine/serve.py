@@ -440,8 +440,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if not self._authorized():
             return
-        if self.route in ROUTES or self.route in TOKENIZER_ROUTES:
-            self._send_error(ApiError(f"{self.route} takes POST", 405), {"Allow": "POST"})
+        if self._allowed_method() == "POST":
+            self._wrong_method()
         elif self.route == "/health":
             alive = self.server.loop.thread.is_alive()
             self._send_json(200 if alive else 503, {"status": "ok" if alive else "the engine thread has stopped"})
@@ -475,7 +475,7 @@ class Handler(BaseHTTPRequestHandler):
         return "POST" if self.route in (*ROUTES, *TOKENIZER_ROUTES) else None
 
     def _wrong_method(self) -> None:
-        """A method no route takes: 405 naming the one the route takes, or 404 for an unknown path."""
+        """A method the route does not take: 405 naming the one it takes, or 404 for an unknown path."""
         self.close_connection = True  # any body is left unread
         allowed = self._allowed_method()
         if allowed is None:
@@ -492,8 +492,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if not self._authorized():
             return
-        if self.route in GET_ROUTES:
-            self._send_error(ApiError(f"{self.route} takes GET", 405), {"Allow": "GET"})
+        if self._allowed_method() == "GET":
+            self._wrong_method()
             return
         if self.route in TOKENIZER_ROUTES:
             try:
