@@ -6,9 +6,10 @@ DEVICE_TYPES = ("cpu", "cuda")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The device to run on; None means CUDA when torch sees a GPU, else the CPU."""
+    """The device to run on; None means CUDA when torch sees a GPU, else the CPU. A CUDA device comes back
+    with its index (the current device's when none was given)."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if not isinstance(device, (str, torch.device)):
         raise TypeError(f"device must be a string such as 'cuda' or 'cpu', or a torch.device; got {type(device).__name__}")
     try:
@@ -20,7 +21,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r} was asked for, but torch sees no CUDA GPU here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        if device.index is None:  # an index names it everywhere: torch.cuda.set_device refuses a bare "cuda"
+            return torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
             raise ValueError(f"device {str(device)!r} was asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
     return device
 

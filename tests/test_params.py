@@ -40,8 +40,23 @@ def test_good_sampling_params_pass():
 
 
 def test_resolve_device_defaults_to_what_torch_sees():
-    assert resolve_device(None) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_resolve_device_names_the_cuda_index(monkeypatch):
+    """torch.cuda.set_device (which LLM calls on CUDA) refuses a device without an index."""
+    from torch.cuda._utils import _get_device_index
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    for asked in (None, "cuda", torch.device("cuda")):
+        device = resolve_device(asked)
+        assert device == torch.device("cuda", 1) and _get_device_index(device) == 1
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="torch sees 2 GPU"):
+        resolve_device("cuda:2")
 
 
 @pytest.mark.parametrize(
