@@ -23,6 +23,9 @@ class ModelRunner:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.ops = model.ops = select_ops(kernels, self.device)
+        if self.ops.flat_metadata and (block_size < 16 or block_size & (block_size - 1)):
+            raise ValueError(f"the Triton kernels need block_size a power of two of at least 16 (a page is a "
+                             f"tl.dot operand), got {block_size}; or use kernels='torch'")
         self._block_elems = 2 * cfg.num_key_value_heads * block_size * cfg.head_dim
         self.graphs: DecodeGraphs | None = None
         self.allocate_kv_cache(num_blocks)

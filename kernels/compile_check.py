@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -29,8 +30,10 @@ def kernel_specs(t: str) -> dict[str, tuple]:
     """name -> (jit function, {arg: type} for runtime args, {arg: value} for constexprs, num_warps), with
     t the activations' and cache's type code; mirrors what each wrapper in this package launches."""
     from kernels import activation, decode_attention, extend_attention, rms_norm, rotary, sample, store_kv
+    from kernels.paged_softmax import dot_precision
 
     i32, f32 = "i32", "fp32"
+    precision = dot_precision(torch.float32 if t == "fp32" else torch.bfloat16)
     group = HEADS // KV_HEADS
     block_d = triton.next_power_of_2(HEAD_DIM)
     return {
@@ -45,18 +48,19 @@ def kernel_specs(t: str) -> dict[str, tuple]:
                                           stride_q_h=i32, stride_cache_c=i32, stride_cache_h=i32, stride_cache_n=i32,
                                           stride_table_b=i32, num_splits=i32, blocks_per_split=i32),
                                      dict(GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-                                          BLOCK_SIZE=BLOCK_SIZE, HEAD_DIM=HEAD_DIM, BLOCK_D=block_d), 4),
+                                          BLOCK_SIZE=BLOCK_SIZE, HEAD_DIM=HEAD_DIM, BLOCK_D=block_d,
+                                          DOT_PRECISION=precision), 4),
         "decode_attention (reduce)": (decode_attention._decode_reduce_kernel,
                                       dict(part_out_ptr="*fp32", part_lse_ptr="*fp32", out_ptr=f"*{t}",
                                            stride_out_b=i32, stride_out_h=i32, num_splits=i32),
-                                      dict(HEAD_DIM=HEAD_DIM, BLOCK_D=block_d, BLOCK_S=16), 4),
+                                      dict(HEAD_DIM=HEAD_DIM, BLOCK_D=block_d, BLOCK_S=decode_attention.REDUCE_SPLITS), 4),
         "extend_attention": (extend_attention._extend_kernel,
                              dict(q_ptr=f"*{t}", cache_ptr=f"*{t}", tables_ptr="*i64", cu_seqlens_q_ptr="*i64",
                                   context_lens_ptr="*i64", out_ptr=f"*{t}", scale=f32, stride_q_t=i32, stride_q_h=i32,
                                   stride_out_t=i32, stride_out_h=i32, stride_cache_c=i32, stride_cache_h=i32,
                                   stride_cache_n=i32, stride_table_b=i32),
                              dict(GROUP=group, BLOCK_M=extend_attention.BLOCK_M, BLOCK_SIZE=BLOCK_SIZE,
-                                  HEAD_DIM=HEAD_DIM, BLOCK_D=block_d), 4),
+                                  HEAD_DIM=HEAD_DIM, BLOCK_D=block_d, DOT_PRECISION=precision), 4),
         "add_rms_norm": (rms_norm._rms_norm_kernel,
                          dict(x_ptr=f"*{t}", residual_ptr=f"*{t}", weight_ptr=f"*{t}", out_ptr=f"*{t}",
                               summed_ptr=f"*{t}", stride_x=i32, stride_residual=i32, stride_out=i32,

@@ -9,17 +9,21 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_softmax import attend_page
+from kernels.paged_softmax import attend_page, dot_precision
 
 TARGET_PROGRAMS = 256  # enough (sequence, head, split) programs to fill a GPU's SMs a few times over
 MIN_BLOCKS_PER_SPLIT = 4
+REDUCE_SPLITS = 16  # splits pass 2 merges at a time
 
 
-@triton.jit
+# Integers that change with the batch are not specialized on (value 1, multiples of 16): the eager path
+# would otherwise compile new variants as contexts grow.
+@triton.jit(do_not_specialize=["stride_table_b", "num_splits", "blocks_per_split"])
 def _decode_split_kernel(q_ptr, cache_ptr, tables_ptr, context_lens_ptr, part_out_ptr, part_lse_ptr, scale,
                          stride_q_b, stride_q_h, stride_cache_c, stride_cache_h, stride_cache_n, stride_table_b,
                          num_splits, blocks_per_split, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
-                         BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+                         BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                         DOT_PRECISION: tl.constexpr):
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     num_heads = tl.num_programs(1) * GROUP
     context_len = tl.load(context_lens_ptr + seq)
@@ -38,7 +42,7 @@ def _decode_split_kernel(q_ptr, cache_ptr, tables_ptr, context_lens_ptr, part_ou
         block = tl.load(tables_ptr + seq * stride_table_b + j).to(tl.int64)
         visible = (j * BLOCK_SIZE + tokens)[None, :] < context_len
         m_i, l_i, acc = attend_page(q, head_base, block, tokens, dims, dim_mask, visible, m_i, l_i, acc, scale,
-                                    stride_cache_c, stride_cache_n, HEAD_DIM)
+                                    stride_cache_c, stride_cache_n, HEAD_DIM, DOT_PRECISION)
     nonempty = l_i > 0  # an empty split (or a padded head row) weighs nothing in pass 2
     safe_l = tl.where(nonempty, l_i, 1.0)
     out = acc / safe_l[:, None]
@@ -48,19 +52,31 @@ def _decode_split_kernel(q_ptr, cache_ptr, tables_ptr, context_lens_ptr, part_ou
     tl.store(part_lse_ptr + row, lse, mask=head_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_reduce_kernel(part_out_ptr, part_lse_ptr, out_ptr, stride_out_b, stride_out_h, num_splits,
                           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Merges the splits BLOCK_S at a time with a running max, so one compiled variant serves any count."""
     seq, head = tl.program_id(0), tl.program_id(1)
     row = seq * tl.num_programs(1) + head
     splits, dims = tl.arange(0, BLOCK_S), tl.arange(0, BLOCK_D)
-    split_mask, dim_mask = splits < num_splits, dims < HEAD_DIM
-    lse = tl.load(part_lse_ptr + row * num_splits + splits, mask=split_mask, other=float("-inf"))
-    weights = tl.exp(lse - tl.max(lse, 0))
-    parts = tl.load(part_out_ptr + (row * num_splits + splits)[:, None] * HEAD_DIM + dims[None, :],
-                    mask=split_mask[:, None] & dim_mask[None, :], other=0.0)
-    out = tl.sum(parts * weights[:, None], 0) / tl.sum(weights, 0)
-    tl.store(out_ptr + seq * stride_out_b + head * stride_out_h + dims, out.to(out_ptr.dtype.element_ty), mask=dim_mask)
+    dim_mask = dims < HEAD_DIM
+    m_i = tl.full([], float("-inf"), tl.float32)
+    l_i = tl.full([], 0.0, tl.float32)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(0, num_splits, BLOCK_S):
+        split_mask = start + splits < num_splits
+        part_rows = row * num_splits + start + splits
+        lse = tl.load(part_lse_ptr + part_rows, mask=split_mask, other=float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(lse, 0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # every split so far empty: weigh them 0, not NaN
+        weights, alpha = tl.exp(lse - m_safe), tl.exp(m_i - m_safe)
+        parts = tl.load(part_out_ptr + part_rows[:, None] * HEAD_DIM + dims[None, :],
+                        mask=split_mask[:, None] & dim_mask[None, :], other=0.0)
+        acc = acc * alpha + tl.sum(parts * weights[:, None], 0)
+        l_i = l_i * alpha + tl.sum(weights, 0)
+        m_i = m_new
+    tl.store(out_ptr + seq * stride_out_b + head * stride_out_h + dims, (acc / l_i).to(out_ptr.dtype.element_ty),
+             mask=dim_mask)
 
 
 def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -84,9 +100,9 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         q, kv_cache, block_tables, context_lens, part_out, part_lse, head_dim ** -0.5,
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), block_tables.stride(0),
         num_splits, blocks_per_split, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d)  # split sizes are runtime: no recompiles
+        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype))
     out = torch.empty_like(q)
     _decode_reduce_kernel[(num_seqs, num_heads)](
         part_out, part_lse, out, out.stride(0), out.stride(1), num_splits,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits))
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=REDUCE_SPLITS)
     return out

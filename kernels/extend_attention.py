@@ -10,16 +10,17 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_softmax import attend_page
+from kernels.paged_softmax import attend_page, dot_precision
 
 BLOCK_M = 16
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_table_b"])  # the tables' width changes with the batch: one variant
 def _extend_kernel(q_ptr, cache_ptr, tables_ptr, cu_seqlens_q_ptr, context_lens_ptr, out_ptr, scale,
                    stride_q_t, stride_q_h, stride_out_t, stride_out_h, stride_cache_c, stride_cache_h,
                    stride_cache_n, stride_table_b, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+                   BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   DOT_PRECISION: tl.constexpr):
     seq, head, tile = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     q_start = tl.load(cu_seqlens_q_ptr + seq)
     q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
@@ -42,7 +43,7 @@ def _extend_kernel(q_ptr, cache_ptr, tables_ptr, cu_seqlens_q_ptr, context_lens_
         key_pos = j * BLOCK_SIZE + tokens
         visible = (key_pos[None, :] <= q_pos[:, None]) & (key_pos[None, :] < context_len)
         m_i, l_i, acc = attend_page(q, head_base, block, tokens, dims, dim_mask, visible, m_i, l_i, acc, scale,
-                                    stride_cache_c, stride_cache_n, HEAD_DIM)
+                                    stride_cache_c, stride_cache_n, HEAD_DIM, DOT_PRECISION)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(out_ptr + (q_start + rows)[:, None] * stride_out_t + head * stride_out_h + dims[None, :],
              out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
@@ -64,5 +65,6 @@ def extend_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         q, kv_cache, block_tables, cu_seqlens_q, context_lens, out, head_dim ** -0.5,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), kv_cache.stride(0), kv_cache.stride(1),
         kv_cache.stride(2), block_tables.stride(0), GROUP=num_heads // num_kv_heads, BLOCK_M=BLOCK_M,
-        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim))
+        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+        DOT_PRECISION=dot_precision(q.dtype))
     return out

@@ -12,7 +12,9 @@ def _store_kv_kernel(kv_ptr, cache_ptr, slot_ptr, stride_kv_t, stride_kv_c, stri
     token = tl.program_id(0)
     slot = tl.load(slot_ptr + token).to(tl.int64)
     rows, dims = tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_D)  # a row per (keys or values, KV head)
-    kind, head = rows // NUM_KV_HEADS, rows % NUM_KV_HEADS
+    # int64: keys-or-values times a layer's half of a large pool can pass 2^31 elements (offsets add up
+    # before they reach the pointer here, unlike the attention kernels' step-by-step pointer sums)
+    kind, head = (rows // NUM_KV_HEADS).to(tl.int64), (rows % NUM_KV_HEADS).to(tl.int64)
     num_rows = tl.where(slot >= 0, 2 * NUM_KV_HEADS, 0)
     mask = (rows < num_rows)[:, None] & (dims < HEAD_DIM)[None, :]
     src = kv_ptr + token * stride_kv_t + (kind * stride_kv_c + head * stride_kv_h)[:, None] + dims[None, :]

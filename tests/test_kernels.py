@@ -89,7 +89,7 @@ def case_id(case) -> str:
 
 
 @pytest.mark.parametrize("dtype,head_dim,gqa,block_size", DECODE_CASES, ids=map(case_id, DECODE_CASES))
-def test_decode_attention(dtype, head_dim, gqa, block_size):
+def test_decode_attention(dtype, head_dim, gqa, block_size, monkeypatch):
     gen = generator("decode", dtype, head_dim, gqa, block_size)
     group, num_kv_heads = gqa
     # long (many blocks, ends mid-block), mid-block sharing the long one's first 2 blocks, one token, a full block run
@@ -102,6 +102,8 @@ def test_decode_attention(dtype, head_dim, gqa, block_size):
     for blocks_per_split in (None, 1, 64):  # the default, one page per split, one split per sequence
         actual = decode_attention.decode_attention(q, cache, tables, lens, blocks_per_split)
         assert_close(actual, expected, ATTENTION_TOL[dtype])
+    monkeypatch.setattr(decode_attention, "REDUCE_SPLITS", 4)  # 13 splits merged 4 at a time, the last chunk partial
+    assert_close(decode_attention.decode_attention(q, cache, tables, lens, 1), expected, ATTENTION_TOL[dtype])
 
 
 EXTEND_CASES = DECODE_CASES

@@ -112,3 +112,13 @@ def test_cuda_graphs_need_cuda_and_the_triton_kernels(make_model):
     assert llm.core.runner.graphs is None  # never on the CPU
     with pytest.raises(ValueError, match="need kernels='triton'"):
         llm.core.runner.capture_decode_graphs(4, llm.max_model_len, capture=replay_eagerly)
+
+
+def test_triton_kernels_need_pages_of_a_dot_tile(make_model):
+    """On a GPU tl.dot refuses a page narrower than 16 keys (the interpreter would not): refused up front."""
+    path = make_model("llama")
+    for bad in (8, 24):
+        with pytest.raises(ValueError, match=f"block_size a power of two of at least 16 .*got {bad}"):
+            LLM(model=path, kernels="triton", block_size=bad)
+    assert LLM(model=path, kernels="torch", block_size=8).generate([[5, 6]], SamplingParams(max_tokens=2),
+                                                                  use_tqdm=False)[0].token_ids
