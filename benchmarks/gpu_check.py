@@ -65,21 +65,19 @@ def emit(**values) -> None:
 
 
 def timed(fn, device: torch.device, iters: int) -> float:
-    """Seconds per call: the best of `iters` after a warm-up call."""
+    """Seconds per call. On a GPU, Triton's do_bench: the median over ~100 ms of calls, each after L2 is
+    flushed (so inputs are read from memory, and the flush keeps the GPU busy while Python launches the
+    call); on the CPU, the best of `iters` after a warm-up call."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
     fn()
     best = float("inf")
     for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            best = min(best, start.elapsed_time(end) / 1e3)
-        else:
-            t = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t)
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
     return best
 
 
@@ -87,7 +85,7 @@ def copy_section(device: torch.device, smoke: bool) -> None:
     """Bytes/s of a device-to-device copy (read + write)."""
     src = torch.randn((1 << 20) if smoke else (1 << 28), device=device)
     dst = torch.empty_like(src)
-    emit(bandwidth=2 * src.numel() * 4 / timed(lambda: dst.copy_(src), device, 3 if smoke else 20),
+    emit(bandwidth=2 * src.numel() * 4 / timed(lambda: dst.copy_(src), device, 3),
          device=torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter, smoke)")
 
 
@@ -141,7 +139,7 @@ def kernel_section(name: str, device: torch.device, dtype: torch.dtype, smoke: b
     else:
         error = f"{float((got.float() - want.float()).abs().max() / want.float().abs().max()):.1e}"
     emit(error=error)
-    emit(seconds=timed(lambda: call(module), device, 1 if smoke else 20), bytes=nbytes)
+    emit(seconds=timed(lambda: call(module), device, 1), bytes=nbytes)
 
 
 def sampler_inputs(size: dict, device: torch.device, gen: torch.Generator) -> tuple:
@@ -212,6 +210,7 @@ def engine_section(path: Path, device: torch.device, dtype: torch.dtype, smoke: 
         llm.core.runner.capture_decode_graphs(s["max_num_seqs"], llm.max_model_len, capture=replay_eagerly)
     decode, nano_prompts, nano_lengths = workload(smoke)
     llm.generate(decode[s["batches"][0]][:1], SamplingParams(max_tokens=2, ignore_eos=True), use_tqdm=False)
+    llm.reset_prefix_cache()  # the warm-up's prompt is the batch-1 run's: it must not start cached
     for batch, prompts in decode.items():
         params = SamplingParams(max_tokens=s["new"], ignore_eos=True)
         emit(**{f"decode_{batch}": batch * s["new"] / _wall(lambda: llm.generate(prompts, params, use_tqdm=False), device)})
@@ -229,6 +228,8 @@ def transformers_section(path: Path, device: torch.device, dtype: torch.dtype, s
     s = ENGINE_SIZES[smoke]
     hf = Qwen2ForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     decode, nano_prompts, nano_lengths = workload(smoke)
+    warm = torch.tensor(decode[s["batches"][0]][:1], device=device)  # one-off CUDA/cuBLAS set-up, as the engine's warm-up
+    hf.generate(warm, attention_mask=torch.ones_like(warm), max_new_tokens=2, do_sample=False, pad_token_id=2)
     for batch, prompts in decode.items():
         ids = torch.tensor(prompts, device=device)
         emit(**{f"decode_{batch}": batch * s["new"] / _wall(

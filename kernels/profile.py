@@ -4,7 +4,8 @@
 
 CPU today (the torch path); on CUDA it profiles the Triton kernels ("auto"), launched eagerly so each
 shows (--cuda-graphs profiles the replayed decode step instead). Prints, per step kind, the ops by self
-time with their share of the step's wall time; what no op accounts for is Python/dispatch.
+time with their share of the step's wall time; what no op accounts for is Python/dispatch (on a GPU,
+where kernel time is counted, the GPU's idle gaps between launches).
 """
 import argparse
 import tempfile
@@ -12,11 +13,12 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 CATEGORIES = (  # (category, substrings of op names), first match wins
     ("attention", ("scaled_dot_product", "attention", "index_select", "index_copy", "_store_kv", "_decode", "_extend")),
-    ("matmul", ("aten::mm", "aten::addmm", "aten::matmul", "aten::bmm", "gemm")),
+    ("matmul", ("aten::mm", "aten::addmm", "aten::matmul", "aten::bmm", "gemm", "nvjet", "cutlass")),  # cuBLAS kernels
     ("norm", ("rms_norm", "_rms_norm")),
     ("rotary", ("complex", "_rotary")),
     ("activation", ("silu",)),
@@ -35,6 +37,15 @@ def category(name: str) -> str:
     return next((cat for cat, keys in CATEGORIES if any(k in name for k in keys)), "other ops")
 
 
+def op_times(events, device_time: bool) -> dict[str, float]:
+    """Self time (us) by op: on the CPU, the aten ops and the engine's own (Triton references); on a GPU,
+    the kernels themselves (an aten op's device time is its kernels' again, so only device events count)."""
+    if device_time:
+        return {e.key: e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA}
+    return {e.key: e.self_cpu_time_total for e in events
+            if e.device_type == DeviceType.CPU and e.key.startswith(("aten::", "_"))}
+
+
 def profiled_steps(llm, steps: int, trace: Path | None, label: str) -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if llm.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -47,17 +58,16 @@ def profiled_steps(llm, steps: int, trace: Path | None, label: str) -> None:
     if trace is not None:
         prof.export_chrome_trace(str(trace.with_name(f"{trace.stem}-{label}{trace.suffix or '.json'}")))
     device_time = llm.device.type == "cuda"
-    events = [e for e in prof.key_averages() if e.key.startswith(("aten::", "_")) or "kernel" in e.key]
-    self_us = {e.key: (e.self_device_time_total if device_time else e.self_cpu_time_total) for e in events}
+    self_us = op_times(prof.key_averages(), device_time)
     by_cat: dict[str, float] = {}
     for name, us in self_us.items():
         by_cat[category(name)] = by_cat.get(category(name), 0.0) + us
     print(f"\n{label}: {steps} step(s), {wall_us / steps / 1e3:.2f} ms per step")
     for cat, us in sorted(by_cat.items(), key=lambda kv: -kv[1]):
         print(f"  {cat:<24} {us / steps / 1e3:8.3f} ms  {us / wall_us:6.1%}")
-    if not device_time:
-        rest = wall_us - sum(by_cat.values())
-        print(f"  {'Python/dispatch':<24} {rest / steps / 1e3:8.3f} ms  {rest / wall_us:6.1%}")
+    rest = wall_us - sum(by_cat.values())
+    label = "GPU idle (launch gaps)" if device_time else "Python/dispatch"
+    print(f"  {label:<24} {rest / steps / 1e3:8.3f} ms  {rest / wall_us:6.1%}")
     print("  top ops:")
     for name, us in sorted(self_us.items(), key=lambda kv: -kv[1])[:12]:
         print(f"    {name[:48]:<48} {us / steps / 1e3:8.3f} ms  {us / wall_us:6.1%}")

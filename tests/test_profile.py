@@ -1,5 +1,8 @@
 """python -m kernels.profile on the CPU: per-category times of decode and prefill steps, and traces."""
+from types import SimpleNamespace
+
 import pytest
+from torch.autograd import DeviceType
 
 from kernels import profile
 
@@ -29,3 +32,16 @@ def test_bad_arguments_are_one_line_errors(make_model, capsys, monkeypatch, args
     with pytest.raises(SystemExit) as exit_info:
         profile.main(["--model", str(make_model("llama")), "--steps", "1", *args])  # a later --model wins
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_gpu_time_counts_each_kernel_once():
+    """On a GPU an aten op's self device time is its kernels' time again: only device events count."""
+    event = lambda key, device, cpu, gpu: SimpleNamespace(key=key, device_type=device, self_cpu_time_total=cpu,  # noqa: E731
+                                                          self_device_time_total=gpu)
+    events = [event("aten::mm", DeviceType.CPU, 9.0, 40.0), event("nvjet_tst_128x64", DeviceType.CUDA, 0.0, 40.0),
+              event("_decode_split_kernel", DeviceType.CUDA, 0.0, 7.0), event("aten::add", DeviceType.CPU, 3.0, 2.0),
+              event("void at::native::vectorized_elementwise_kernel", DeviceType.CUDA, 0.0, 2.0),
+              event("cudaLaunchKernel", DeviceType.CPU, 5.0, 0.0)]
+    gpu = profile.op_times(events, device_time=True)
+    assert sum(gpu.values()) == 49.0 and {profile.category(k) for k in gpu} == {"matmul", "attention", "other ops"}
+    assert profile.op_times(events, device_time=False) == {"aten::mm": 9.0, "aten::add": 3.0}
