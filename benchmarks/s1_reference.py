@@ -61,7 +61,20 @@ def s1_budget_forcing(
             return out + delimiter[k:] + final
         text = decode(out)
         k = max((k for k in range(1, len(fmt.think_end)) if text.endswith(fmt.think_end[:k])), default=0)
-        return out + (encode(fmt.think_end[k:]) if k else delimiter) + final
+        if not k:
+            return out + delimiter + final
+        first = max(i for i in range(len(out)) if len(decode(out[i:])) >= k)  # the token the part starts in
+        out, _ = split_token(out, first, len(decode(out[first:])) - k)
+        return out + encode(fmt.think_end[k:]) + final
+
+    def split_token(out: list[int], i: int, cut: int) -> tuple[list[int], int]:
+        """A marker starting `cut` characters into token i: keep the text before it (unless only whitespace)
+        as its own tokens, as s1's text-level stop keeps it. Returns the tokens and where the marker starts."""
+        text = decode(out[i : i + 1])
+        left, right = encode(text[:cut]), encode(text[cut:])
+        if cut <= 0 or not text[:cut].strip() or decode(left) != text[:cut] or decode(right) != text[cut:]:
+            return out, i
+        return out[:i] + left + right + out[i + 1 :], i + len(left)
 
     out, ignores = [], 0
     while True:
@@ -87,6 +100,7 @@ def s1_budget_forcing(
                 continue
             # the latest start from which the text still holds the marker: its first spelling token
             end = max(i for i in range(len(out)) if fmt.end_marker in decode(out[i:]))
+            out, end = split_token(out, end, decode(out[end:]).find(fmt.end_marker))
             spelled = True
         if ignores < budget.num_ignore or end < budget.min_tokens:
             out = out[:end]

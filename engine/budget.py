@@ -113,11 +113,13 @@ class BudgetState:
         if token in self.tokens.end_ids:
             return self._on_end(output, len(output), spelled=False)
         output.append(token)
-        spelled_from = self._spelled_marker_start(output)
-        if spelled_from is not None:
-            return self._on_end(output, spelled_from, spelled=True)
-        self._cap_if_due(output)
-        return first_changed, True
+        spelled = self._spelled_marker(output)
+        if spelled is not None:
+            start, edited = spelled
+            changed, kept = self._on_end(output, start, spelled=True)
+            return (changed, kept) if edited is None else (min(changed, edited), False)
+        edited = self._cap_if_due(output)
+        return (first_changed, True) if edited is None else (edited, False)
 
     def _on_end(self, output: list[int], end: int, spelled: bool) -> tuple[int, bool]:
         """The model ended thinking at output index `end` (its marker tokens, if spelled, run to the end)."""
@@ -129,43 +131,48 @@ class BudgetState:
                 return end, False
             self.ignores_used += 1
             output.extend(ignore)
-            self._cap_if_due(output)
-            return end, False
+            edited = self._cap_if_due(output)
+            return end if edited is None else min(end, edited), False
         if spelled:  # the model's own spelling stays
             self.phase, self.thinking_end, self.answer_start = Phase.ANSWER, end, len(output)
             return len(output) - 1, True
         self._end_thinking(output, end, list(self.tokens.delimiter))
         return end, False
 
-    def _cap_if_due(self, output: list[int]) -> None:
+    def _cap_if_due(self, output: list[int]) -> int | None:
+        """Splice the end when the cap is reached; returns the index of an edit before the output's end (a
+        token split where a partly spelled marker begins), else None."""
         cap = self.budget.max_tokens
         if cap is None or len(output) < cap:
-            return
-        start, rest = self._partial_delimiter(output)
+            return None
+        start, rest, edited = self._partial_delimiter(output)
         self._end_thinking(output, start, [*rest, *self.tokens.final_answer])
+        return edited
 
     def _end_thinking(self, output: list[int], thinking_end: int, spliced: list[int]) -> None:
         output.extend(spliced)
         self.phase, self.thinking_end, self.answer_start = Phase.ANSWER, thinking_end, len(output)
 
-    def _partial_delimiter(self, output: list[int]) -> tuple[int, list[int]]:
-        """Where the delimiter starts and what is left to splice, when thinking already ends with its first
-        part: as token ids for a one-token marker, as text for a spelled one."""
+    def _partial_delimiter(self, output: list[int]) -> tuple[int, list[int], int | None]:
+        """Where the delimiter starts, what is left to splice, and the index of an edit (see _split_at) when
+        thinking already ends with its first part: as token ids for a one-token marker, as text for a
+        spelled one."""
         delimiter = self.tokens.delimiter
         if self.tokens.marker is None:
             k = _emitted_prefix(output, delimiter)
-            return len(output) - k, list(delimiter[k:])
+            return len(output) - k, list(delimiter[k:]), None
         text = self.tokens.delimiter_text
         tail_ids = output[-len(text.encode()):]
         tail = self.tokens.decode(tail_ids)
         k = next((k for k in range(min(len(text) - 1, len(tail)), 0, -1) if tail.endswith(text[:k])), 0)
         if k == 0:
-            return len(output), list(delimiter)
-        first = _token_at_char(tail_ids, len(tail) - k, self.tokens.decode)
-        return len(output) - len(tail_ids) + first, self.tokens.encode(text[k:])
+            return len(output), list(delimiter), None
+        start, edited = self._split_at(output, tail_ids, len(tail) - k)
+        return start, self.tokens.encode(text[k:]), edited
 
-    def _spelled_marker_start(self, output: list[int]) -> int | None:
-        """Output index of the first token spelling the end marker, when the last token completes it."""
+    def _spelled_marker(self, output: list[int]) -> tuple[int, int | None] | None:
+        """When the last token completes the end marker: the output index where the marker starts, and the
+        index of an edit (see _split_at) or None."""
         marker = self.tokens.marker
         if marker is None:
             return None
@@ -175,7 +182,30 @@ class BudgetState:
         at = tail.find(marker, max(0, before - len(marker) + 1))
         if at < 0:
             return None
-        return len(output) - len(tail_ids) + _token_at_char(tail_ids, at, self.tokens.decode)
+        return self._split_at(output, tail_ids, at)
+
+    def _split_at(self, output: list[int], tail_ids: list[int], at: int) -> tuple[int, int | None]:
+        """The output index where character `at` of decode(tail_ids) (the output's last tokens) begins. When
+        it falls inside a token (".<" then "/think>"), that token is re-encoded as the text before and the
+        text from `at`, so the text before a marker stays in thinking instead of going with the marker.
+        Only whitespace before it (" </") goes with the marker, in the token the model wrote. Returns that
+        index and the split token's index (None when no token was split: the character starts a token,
+        only whitespace precedes it, or the two parts do not re-encode to the same text)."""
+        decode, encode = self.tokens.decode, self.tokens.encode
+        i = _token_at_char(tail_ids, at, decode)
+        head = decode(tail_ids[:i])
+        text = decode(tail_ids[: i + 1])[len(head):]
+        cut = at - len(head)
+        pos = len(output) - len(tail_ids) + i
+        if cut <= 0 or not text[:cut].strip() or not decode(tail_ids[: i + 1]).startswith(head):
+            return pos, None
+        left, right = encode(text[:cut]), encode(text[cut:])
+        if not left or not right or decode(left) != text[:cut] or decode(right) != text[cut:]:
+            return pos, None
+        after = output[pos + 1 :]
+        del output[pos:]
+        output.extend([*left, *right, *after])
+        return pos + len(left), pos
 
 
 def _token_at_char(token_ids: list[int], char: int, decode: Callable[[list[int]], str]) -> int:

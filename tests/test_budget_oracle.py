@@ -11,7 +11,8 @@ from tests.conftest import R1_SPELLING
 
 # s1 ends thinking with one special token, <|im_start|> (id 1). This tokenizer has no </think> token: the
 # r1 model spells " </think>\n\n" as ' </', 'think', '>', '\n\n', caught on the decoded text.
-MODELS = {"s1": dict(end_token=1), "r1": dict(spell=R1_SPELLING)}
+# "r1-glued" spells ".<", "/", "think", ">": the marker starts inside a token whose "." stays in thinking.
+MODELS = {"s1": dict(end_token=1), "r1": dict(spell=R1_SPELLING), "r1-glued": dict(spell=(15602, 31, 17400, 46))}
 MAX_TOKENS = 96
 
 
@@ -36,12 +37,13 @@ def random_budgets(rng: random.Random, n: int) -> list[ThinkingBudget]:
     return budgets
 
 
-@pytest.mark.parametrize("think_format", ["s1", "r1"])
-def test_budget_forcing_matches_s1_reference(make_model, think_format, monkeypatch):
+@pytest.mark.parametrize("model", list(MODELS))
+def test_budget_forcing_matches_s1_reference(make_model, model, monkeypatch):
     # one attention group per distinct context length: splices (multi-token extends) cross groups too
     monkeypatch.setattr(runner, "GROUP_OVERHEAD_SLOTS", 0)
-    path = make_model("llama", seed=11, hf_init=True, **MODELS[think_format])
-    rng = random.Random(think_format)
+    path = make_model("llama", seed=11, hf_init=True, **MODELS[model])
+    think_format = model.split("-")[0]
+    rng = random.Random(model)
     budgets = random_budgets(rng, 12)
     prompts = [torch.randint(3, 49152, (rng.randint(3, 40),), generator=torch.Generator().manual_seed(i)).tolist()
                for i in range(len(budgets))]
@@ -63,3 +65,6 @@ def test_budget_forcing_matches_s1_reference(make_model, think_format, monkeypat
     # the settings must actually exercise both forcing directions
     print(f"ignores spliced: {ignores_seen}, caps hit: {caps_seen}")
     assert ignores_seen >= 3 and caps_seen >= 3
+    if model == "r1-glued":  # the "." of ".<" kept: split off where the model ended thinking itself
+        kept = [out for out in outputs if out.thinking_text.endswith(".") or ".Wait" in out.thinking_text]
+        assert len(kept) >= 3

@@ -120,3 +120,26 @@ def test_cap_mid_marker_splices_the_rest_as_text(tokenizer):
     out, state = run(ThinkingBudget(max_tokens=3), sampled, tokens)
     assert tokenizer.decode(out) == "3 </think>\n\n" and state.thinking_end == 1
     assert out[:3] == sampled  # the model's own tokens stay; only the rest is spliced
+
+
+@pytest.mark.parametrize("num_ignore", (0, 1))
+def test_a_marker_starting_inside_a_token_keeps_the_text_before_it(tokenizer, num_ignore):
+    """".<" is one token in this vocabulary: ending on ".</think>" must keep the "." in thinking."""
+    budget = ThinkingBudget(num_ignore=num_ignore)
+    tokens = tokenizer.budget_tokens("r1", budget, ignore_eos=False)
+    thinking, marker = tokenizer.encode_piece("3 apples"), spelled(tokenizer, [".<", "/", "think", ">"])
+    state, out = BudgetState(budget, tokens), []
+    changed = [state.accept(out, token) for token in thinking + marker][-1]
+    split = len(thinking)  # the ".<" token, re-encoded as "." and "<"
+    assert changed == (split, False)  # the cache recomputes from the split token; no sampled token kept as is
+    if num_ignore:
+        assert tokenizer.decode(out) == "3 apples.Wait" and state.phase is Phase.THINKING
+    else:
+        assert tokenizer.decode(out[: state.thinking_end]) == "3 apples."
+        assert tokenizer.decode(out[state.thinking_end :]) == "</think>" and state.answer_start == len(out)
+
+
+def test_cap_on_a_token_ending_in_the_markers_first_character(tokenizer):
+    tokens = tokenizer.budget_tokens("r1", ThinkingBudget(max_tokens=2), ignore_eos=False)
+    out, state = run(ThinkingBudget(max_tokens=2), tokenizer.encode_piece("3") + spelled(tokenizer, [".<"]), tokens)
+    assert tokenizer.decode(out[: state.thinking_end]) == "3." and tokenizer.decode(out) == "3.</think>\n\n"
