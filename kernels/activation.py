@@ -8,7 +8,7 @@ BLOCK = 1024
 
 @triton.jit
 def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr):
-    row, chunk = tl.program_id(0), tl.program_id(1)
+    row, chunk = tl.program_id(0).to(tl.int64), tl.program_id(1)  # int64: tokens x 2 x MLP width can pass 2^31
     cols = chunk * BLOCK + tl.arange(0, BLOCK)
     mask = cols < INTERMEDIATE
     gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)

@@ -1,6 +1,12 @@
 """Shared fixtures: tiny random models of every architecture, saved as HF dirs with a real tokenizer."""
+import os
 import shutil
 from pathlib import Path
+
+# The suite is the CPU suite (exact fp32 parity with transformers, the Triton interpreter): on a machine
+# with a GPU it hides the GPU, before torch first asks, so it runs the same. The GPU's own check is
+# `python -m benchmarks.gpu_check`.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import pytest
 import torch

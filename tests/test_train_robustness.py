@@ -150,3 +150,19 @@ def test_a_ctrl_c_during_a_write_waits_for_it_and_a_second_one_does_not():
             steps.append("not reached")
     assert steps == ["write finished"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_activation_checkpointing_on_transformers_without_the_new_name():
+    """transformers 5.17 (the lent GPU machines') and 4.x name it gradient_checkpointing_enable only."""
+    from types import SimpleNamespace
+
+    from train.sft import enable_activation_checkpointing
+
+    calls = []
+    old = SimpleNamespace(gradient_checkpointing_enable=lambda **kwargs: calls.append(("old", kwargs)))
+    new = SimpleNamespace(activation_checkpointing_enable=lambda **kwargs: calls.append(("new", kwargs)),
+                          gradient_checkpointing_enable=old.gradient_checkpointing_enable)
+    enable_activation_checkpointing(old)
+    enable_activation_checkpointing(new)
+    assert calls == [("old", {"gradient_checkpointing_kwargs": {"use_reentrant": False}}),
+                     ("new", {"activation_checkpointing_kwargs": {"use_reentrant": False}})]

@@ -159,6 +159,15 @@ def init_distributed() -> DistEnv:
 
 # ---- model and optimizer -------------------------------------------------------------------------------------
 
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Non-reentrant checkpointing of each layer; transformers renamed the method (5.17 and the 4.x line have
+    only gradient_checkpointing_enable, which later 5.x keep as a deprecated alias)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def build_model(path: str | Path, env: DistEnv, compute_dtype: torch.dtype,
                 activation_checkpointing: bool) -> PreTrainedModel:
     """fp32 master weights, sharded per decoder layer; the root group holds embeddings, final norm and the head,
@@ -166,7 +175,7 @@ def build_model(path: str | Path, env: DistEnv, compute_dtype: torch.dtype,
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     model.config.architectures = [type(model).__name__]  # FSDP renames the class; the export needs the real name
     if activation_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     mesh = init_device_mesh(env.device.type, (env.world_size,))
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     for layer in model.model.layers:
