@@ -213,6 +213,14 @@ def engine_error(e: Exception) -> ApiError:
     return ApiError(f"the engine failed: {type(e).__name__}: {e}", 500, kind="server_error")
 
 
+def device_broken(e: Exception) -> bool:
+    """A CUDA error other than running out of memory (an illegal address, a launch failure): it sticks to
+    the process's CUDA context, so every later step would fail too."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return False
+    return isinstance(e, torch.AcceleratorError) or (isinstance(e, RuntimeError) and "CUDA error" in str(e))
+
+
 def _bounds(request: Request) -> list[tuple[int | None, int | None]]:
     """(thinking_end, answer_start) of each of a request's outputs: its samples, or its sweep's settings."""
     if request.sweep is None:
@@ -223,7 +231,9 @@ def _bounds(request: Request) -> list[tuple[int | None, int | None]]:
 
 class EngineLoop:
     """The thread that owns the LLM: takes jobs in, steps the batch, pumps results out. A failed step fails
-    the jobs in it; a failure of one job's own work fails that job only."""
+    the running jobs (out of GPU memory too; the server goes on), and a broken GPU ends the thread, so
+    /health answers 503 and a supervisor restarts the server; a failure of one job's own work fails that
+    job only."""
 
     def __init__(self, llm: LLM):
         self.llm = llm
@@ -269,10 +279,15 @@ class EngineLoop:
                 commands.append(self.inbox.get_nowait())
             for i, (kind, payload) in enumerate(commands):
                 if kind == "stop":
-                    self._shut_down(commands[i + 1 :])
+                    self._shut_down(commands[i + 1 :], "the server is shutting down")
                     return
                 self._command(kind, payload)
-            self._step()
+            if not self._step():
+                unread = []
+                while not self.inbox.empty():
+                    unread.append(self.inbox.get_nowait())
+                self._shut_down(unread, "the GPU is in an error state; restart the server")
+                return
 
     def _command(self, kind: str, payload) -> None:
         if kind == "start" and payload.start(self.llm):
@@ -287,16 +302,17 @@ class EngineLoop:
             except Exception as e:
                 done.put((False, e))
 
-    def _shut_down(self, unread: list[tuple[str, object]]) -> None:
-        """Fail the running jobs and those still queued behind the stop; answer queued calls."""
-        error = ApiError("the server is shutting down", 503, kind="server_error")
+    def _shut_down(self, unread: list[tuple[str, object]], why: str) -> None:
+        """Fail the running jobs and those still queued; answer queued calls."""
+        error = ApiError(why, 503, kind="server_error")
         for job in self.jobs + [payload for kind, payload in unread if kind == "start"]:
             job.fail(self.llm, error)
         for kind, payload in unread:
             if kind == "call":
-                payload[1].put((False, RuntimeError("the server is shutting down")))
+                payload[1].put((False, RuntimeError(why)))
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One engine step, then each job's results; False when the GPU is broken and the thread must end."""
         try:
             if self.llm.has_unfinished():
                 self.llm.step()
@@ -305,7 +321,9 @@ class EngineLoop:
             for job in self.jobs:
                 job.fail(self.llm, error)
             self.jobs = []
-            return
+            if isinstance(e, torch.OutOfMemoryError) and self.llm.device.type == "cuda":
+                torch.cuda.empty_cache()  # what the failed step held goes back before the next one
+            return not device_broken(e)
         running = []
         for job in self.jobs:
             try:
@@ -317,6 +335,7 @@ class EngineLoop:
             except Exception as e:
                 job.fail(self.llm, engine_error(e))
         self.jobs = running
+        return True
 
     def metrics(self) -> str:
         """Prometheus text exposition of the engine's state and counters (run on the engine thread)."""

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import serve_load
 from engine import LLM, SamplingParams, ThinkingBudget
@@ -746,3 +747,31 @@ def test_https_with_a_certificate_and_clear_errors_for_bad_ones(server, tmp_path
     assert usage.value.code == 2 and "--ssl-certfile and --ssl-keyfile go together" in capsys.readouterr().err
     assert main(["--port", "0", "--ssl-certfile", str(cert), "--ssl-keyfile", str(tmp_path / "none.pem")]) == 2
     assert f"cannot load --ssl-certfile {cert} with --ssl-keyfile {tmp_path / 'none.pem'}" in capsys.readouterr().err
+
+
+def test_out_of_memory_fails_the_step_and_a_broken_gpu_stops_the_engine(make_model, monkeypatch):
+    """An OOM fails the running requests and the server goes on; a sticky CUDA error ends the engine thread,
+    so /health answers 503 (a supervisor restarts the server) and new requests get a 503."""
+    llm = LLM(model=make_model("llama"), block_size=8)
+    step, faults = llm.core.step, [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("CUDA error: an illegal memory access was encountered")]
+
+    def faulty_step():
+        if llm.core.scheduler.running and faults:
+            raise faults.pop(0)
+        return step()
+
+    monkeypatch.setattr(llm.core, "step", faulty_step)
+    body = {"prompt": [5, 6, 7], "max_tokens": 4, "ignore_eos": True}
+    with in_background(OpenAIServer(llm, port=0, quiet=True)) as srv:
+        status, reply = post(srv, "/v1/completions", body)
+        assert status == 500 and "out of memory" in reply["error"]["message"]
+        assert request(srv, "GET", "/health")[0] == 200
+        status, reply = post(srv, "/v1/completions", body)  # the illegal address
+        assert status == 500 and "illegal memory access" in reply["error"]["message"]
+        deadline = time.time() + 10
+        while request(srv, "GET", "/health")[0] != 503 and time.time() < deadline:
+            time.sleep(0.05)
+        assert request(srv, "GET", "/health")[0] == 503
+        status, reply = post(srv, "/v1/completions", body)
+        assert status == 503 and "restart the server" in reply["error"]["message"]
