@@ -680,10 +680,10 @@ def test_a_call_that_lands_after_the_engine_thread_took_its_stop_is_answered(mak
         entered, release, errors = threading.Event(), threading.Event(), queue.Queue()
         shut_down = srv.loop._shut_down
 
-        def slow_shut_down(unread):
+        def slow_shut_down(unread, why):
             entered.set()
             release.wait()
-            shut_down(unread)
+            shut_down(unread, why)
 
         monkeypatch.setattr(srv.loop, "_shut_down", slow_shut_down)
         srv.loop.inbox.put(("stop", None))
