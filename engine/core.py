@@ -121,15 +121,8 @@ class EngineCore:
         for lo in range(0, len(score_rows), PROMPT_LOGPROB_ROWS):  # bounded fp32 copies of [rows, vocab]
             rows = slice(lo, lo + PROMPT_LOGPROB_ROWS)
             logprobs = torch.log_softmax(logits[score_rows[rows]].float(), dim=-1)
-            chosen = logprobs.gather(1, torch.tensor(targets[rows], device=logits.device)[:, None])[:, 0].tolist()
-            k = max(seq.params.prompt_logprobs or 0 for seq in owners[rows])
-            top = logprobs.topk(k) if k else None
-            top_ids, top_values = (top.indices.tolist(), top.values.tolist()) if k else ([], [])
-            for i, (seq, token, value) in enumerate(zip(owners[rows], targets[rows], chosen)):
-                kk = seq.params.prompt_logprobs or 0
-                entry = {token: value}
-                if kk:
-                    entry.update(zip(top_ids[i][:kk], top_values[i][:kk]))
+            entries = logprob_entries(logprobs, targets[rows], [seq.params.prompt_logprobs or 0 for seq in owners[rows]])
+            for seq, entry in zip(owners[rows], entries):
                 seq.prompt_logprobs.append(entry)
         return logits[sample_rows]
 
@@ -143,17 +136,19 @@ class EngineCore:
                 expanded.append(branch)
         if rows != list(range(len(seqs))):
             logits = logits[rows]
-        logprob_entries = {i: self._logprob_entry(logits[i], s.params.logprobs)
-                           for i, s in enumerate(expanded) if s.params.logprobs is not None}
+        # logprobs of the model's raw logits (before penalties, temperature, filters and masks)
+        asking = [i for i, s in enumerate(expanded) if s.params.logprobs is not None]
+        logprobs = torch.log_softmax(logits[asking].float(), dim=-1) if asking else None
         tokens = self.sampler(
             penalize(logits, expanded),
             [s.params for s in expanded],
             [s.generator for s in expanded],
             [s.budget.masked_ids(s.num_output_tokens) if s.budget else frozenset() for s in expanded],
         )
+        entries = {} if not asking else dict(zip(asking, logprob_entries(
+            logprobs, [tokens[i] for i in asking], [expanded[i].params.logprobs for i in asking])))
         for i, (seq, token) in enumerate(zip(expanded, tokens)):
-            entry = logprob_entries.get(i)
-            self._postprocess(seq, token, None if entry is None else entry(token))
+            self._postprocess(seq, token, entries.get(i))
 
     def _fork_before_sampling(self, seq: Sequence) -> list[Sequence]:
         branches = [seq]
@@ -170,14 +165,6 @@ class EngineCore:
                 if group is not None:
                     branches.append(self._branch(seq, group, shares_blocks=True))
         return branches
-
-    def _logprob_entry(self, row: torch.Tensor, k: int):
-        """The log-softmax of the model's raw logits (before temperature, filters and masks): a function of
-        the sampled token giving {token: logprob} for it and the k most likely tokens."""
-        logprobs = torch.log_softmax(row.float(), dim=-1)
-        top = logprobs.topk(k) if k else None
-        top_entries = {} if top is None else dict(zip(top.indices.tolist(), top.values.tolist()))
-        return lambda token: {token: logprobs[token].item(), **top_entries}
 
     def _postprocess(self, seq: Sequence, token: int, logprob: dict[int, float] | None) -> None:
         in_answer = seq.phase is Phase.ANSWER
@@ -294,6 +281,17 @@ class EngineCore:
     def _new_seq_id(self) -> int:
         self._next_seq_id += 1
         return self._next_seq_id - 1
+
+
+def logprob_entries(logprobs: torch.Tensor, tokens: list[int], ks: list[int]) -> list[dict[int, float]]:
+    """Per row of logprobs [rows, vocab]: {token: its logprob} and the row's k most likely tokens, from one
+    gather and one top-k for all rows (a GPU syncs a few times a step, not a few times a row)."""
+    chosen = logprobs.gather(1, torch.tensor(tokens, device=logprobs.device)[:, None])[:, 0].tolist()
+    k = max(ks)
+    top = logprobs.topk(k) if k else None
+    top_ids, top_values = (top.indices.tolist(), top.values.tolist()) if k else ([[]] * len(ks), [[]] * len(ks))
+    return [{token: value, **dict(zip(ids[:kk], values[:kk]))}
+            for token, value, ids, values, kk in zip(tokens, chosen, top_ids, top_values, ks)]
 
 
 def _mirror(seq: Sequence) -> None:
