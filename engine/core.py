@@ -193,7 +193,6 @@ class EngineCore:
             del seq.logprobs[changed:]
             if kept:
                 seq.logprobs.append(logprob)
-                seq.cumulative_logprob += logprob[token]
             seq.logprobs.extend([None] * (seq.num_output_tokens - len(seq.logprobs)))
 
     def _after_token(self, seq: Sequence, token: int, in_answer: bool) -> None:
@@ -263,7 +262,6 @@ class EngineCore:
             self._new_seq_id(), list(parent.token_ids), parent.num_prompt_tokens, parent.params, generator,
             request_id=parent.request_id, sample_index=parent.sample_index,
             logprobs=None if parent.logprobs is None else list(parent.logprobs),
-            cumulative_logprob=parent.cumulative_logprob,
             prompt_logprobs=None if parent.prompt_logprobs is None else list(parent.prompt_logprobs),
             prompt_logprobs_from=parent.prompt_logprobs_from,
             token_counts=None if parent.token_counts is None else parent.token_counts.copy(),

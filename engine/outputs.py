@@ -99,7 +99,8 @@ def make_output(seq: Sequence, tokenizer: Tokenizer, request_id: int, setting: i
         error=seq.error,
         sample_index=seq.sample_index,
         logprobs=None if seq.logprobs is None else list(seq.logprobs),
-        cumulative_logprob=None if seq.logprobs is None else seq.cumulative_logprob,
+        cumulative_logprob=None if seq.logprobs is None else sum(  # the sampled tokens that stayed (budget edits drop some)
+            entry[token] for token, entry in zip(seq.output_ids, seq.logprobs) if entry is not None),
         prompt_logprobs=seq.prompt_logprob_entries,
     )
 

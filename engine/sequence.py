@@ -55,7 +55,6 @@ class Sequence:
     settings: dict[int, BudgetState] = field(default_factory=dict)
     fork_seeds: list[int] = field(default_factory=list)  # `n` samples: seeds of the forks at the first sample
     logprobs: list[dict[int, float] | None] | None = None  # per output token when asked for; None if spliced
-    cumulative_logprob: float = 0.0
     # per prompt token from prompt_logprobs_from on, as computed, when asked for (params.prompt_logprobs)
     prompt_logprobs: list[dict[int, float]] | None = None
     prompt_logprobs_from: int = 1

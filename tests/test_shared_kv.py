@@ -195,3 +195,13 @@ def test_logprobs_equal_transformers_log_softmax(make_model):
         assert sampled < len(out.token_ids) if params.budget else sampled == len(out.token_ids)
         total = sum(e[t] for t, e in zip(out.token_ids, out.logprobs) if e is not None)
         assert out.cumulative_logprob == pytest.approx(total, abs=1e-4)
+
+
+def test_cumulative_logprob_sums_the_sampled_tokens_that_stayed(r1_llm):
+    """An ignored end spelled over several sampled tokens drops them: their logprobs leave the sum too."""
+    params = SamplingParams(max_tokens=60, logprobs=0, think_format="r1", budget=ThinkingBudget(num_ignore=2))
+    outputs = r1_llm.generate([[5, 6, 7], [9, 10, 11, 12]], params, use_tqdm=False)
+    assert sum(out.num_ignores_used for out in outputs) >= 1
+    for out in outputs:
+        total = sum(e[t] for t, e in zip(out.token_ids, out.logprobs) if e is not None)
+        assert out.cumulative_logprob == pytest.approx(total, abs=1e-4)
