@@ -1,5 +1,7 @@
 """CLI: python -m engine.generate --prompt "..." [budget flags]. Streams thinking and answer apart."""
 import argparse
+import os
+import re
 import sys
 import time
 
@@ -11,6 +13,9 @@ from engine.tokenizer import THINK_FORMATS
 DIM, RESET = "\033[2m", "\033[0m"
 BUDGET_FLAGS = ("min_thinking_tokens", "max_thinking_tokens", "num_ignore", "ignore_str", "final_answer_str",
                 "max_answer_tokens", "suppress")
+BUDGET_FIELD_FLAGS = {"min_tokens": "--min-thinking-tokens", "max_tokens": "--max-thinking-tokens", "num_ignore": "--num-ignore",
+                      "ignore_str": "--ignore-str", "final_answer_str": "--final-answer-str",
+                      "max_answer_tokens": "--max-answer-tokens", "suppress": "--suppress"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -18,16 +23,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt", help="the question (default: read stdin)")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True, help="apply the chat template")
     p.add_argument("--system", help="system message (chat mode)")
-    p.add_argument("--think-format", choices=sorted(THINK_FORMATS), default="s1")
+    p.add_argument("--think-format", choices=sorted(THINK_FORMATS), default="s1",
+                   help="how thinking is delimited: s1's <|im_start|>think ... <|im_start|>answer, r1/qwen3's "
+                        "<think> ... </think> (default: s1)")
     p.add_argument("--no-budget", action="store_true", help="plain generation: no thinking phase")
-    p.add_argument("--min-thinking-tokens", type=int, default=0)
-    p.add_argument("--max-thinking-tokens", type=int, default=None)
+    p.add_argument("--min-thinking-tokens", type=int, default=0,
+                   help="an end of thinking before this many tokens is replaced by --ignore-str (default: 0)")
+    p.add_argument("--max-thinking-tokens", type=int, default=None,
+                   help="cap: at this many thinking tokens the end delimiter is spliced (default: none)")
     p.add_argument("--num-ignore", type=int, default=0, help="times to replace end-of-thinking with --ignore-str")
-    p.add_argument("--ignore-str", default="Wait")
+    p.add_argument("--ignore-str", default="Wait", help="spliced in place of an ignored end (default: Wait)")
     p.add_argument("--final-answer-str", default=None, help='spliced after the delimiter at the cap, e.g. "Final Answer:"')
-    p.add_argument("--max-answer-tokens", type=int, default=None)
+    p.add_argument("--max-answer-tokens", type=int, default=None, help="cap on sampled answer tokens (default: none)")
     p.add_argument("--suppress", action="store_true", help="mask end-of-thinking until --min-thinking-tokens")
-    p.add_argument("--max-tokens", type=int, default=1024, help="cap on the whole continuation")
+    p.add_argument("--max-tokens", type=int, default=1024,
+                   help="cap on the whole continuation: thinking, splices and answer (default: 1024)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="keep the most likely tokens holding this mass (1: all)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
@@ -82,6 +92,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not raise again
+        return 141  # 128 + SIGPIPE
+
+
+def _as_flags(message: str) -> str:
+    """A ThinkingBudget error in the CLI's words: its fields named by their flags."""
+    if not message.startswith("ThinkingBudget."):
+        return message
+    message = re.sub(r"ThinkingBudget\.(\w+)", lambda m: BUDGET_FIELD_FLAGS[m.group(1)], message)
+    return message.replace("above max_tokens", "above --max-thinking-tokens")
+
+
+def _not_utf8(text: str) -> str | None:
+    """Bytes that were not UTF-8 reach Python as lone surrogates (surrogateescape): name the first."""
+    bad = next((i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff"), None)
+    if bad is not None:
+        return f"is not valid UTF-8: byte 0x{ord(text[bad]) - 0xDC00:02x} at character {bad}"
+    return None
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -89,27 +118,32 @@ def generate(args: argparse.Namespace) -> int:
         params = build_params(args)
         resolve_dtype(args.dtype, resolve_device(args.device))  # before stdin is read
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_as_flags(str(e))}", file=sys.stderr)
         return 2
-    question = args.prompt if args.prompt is not None else sys.stdin.read().strip()
-    if not question:
-        print("error: the prompt is empty", file=sys.stderr)
+    budget = params.budget
+    if budget is not None and max(budget.min_tokens, budget.max_tokens or 0) >= args.max_tokens:
+        print(f"warning: thinking may use all --max-tokens {args.max_tokens} (--min-thinking-tokens {budget.min_tokens}, "
+              f"--max-thinking-tokens {budget.max_tokens}): the answer may never start", file=sys.stderr)
+    question = args.prompt if args.prompt is not None else sys.stdin.read()
+    problem = "is empty" if not question.strip() else _not_utf8(question)
+    if problem:
+        print(f"error: the prompt {problem}", file=sys.stderr)
         return 2
     try:
         llm = llm_from_args(args)
-    except (ValueError, TypeError, OSError) as e:  # bad path, unknown architecture, corrupt weights
+    except (ValueError, TypeError, OSError) as e:  # bad path, unknown architecture, corrupt weights, no download
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.chat:
-        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-            {"role": "user", "content": question}
-        ]
-        prompt = llm.chat_prompt(messages, params)
-    else:
-        prompt = question
     color = sys.stdout.isatty()
     phase, start = None, time.perf_counter()
     try:
+        if args.chat:
+            messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+                {"role": "user", "content": question}
+            ]
+            prompt = llm.chat_prompt(messages, params)
+        else:
+            prompt = question
         for delta in llm.stream(prompt, params):
             if delta.phase != phase and (delta.text or delta.output is not None):  # an empty answer still gets its header
                 phase = delta.phase
@@ -118,7 +152,7 @@ def generate(args: argparse.Namespace) -> int:
                 dim = color and delta.phase == "thinking"
                 print(f"{DIM if dim else ''}{delta.text}{RESET if dim else ''}", end="", flush=True)
             output = delta.output
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start

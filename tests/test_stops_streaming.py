@@ -163,3 +163,12 @@ def test_chat_needs_one_params_per_conversation(s1_llm):
 def test_bad_device_and_dtype_fail_before_loading(make_model, kwargs, error):
     with pytest.raises(error):
         LLM(model=make_model("llama"), **kwargs)
+
+
+def test_a_request_that_runs_out_while_thinking_streams_no_answer_phase(s1_llm):
+    params = SamplingParams(max_tokens=6, budget=ThinkingBudget(min_tokens=50, suppress=True))
+    deltas = list(s1_llm.stream([5, 6, 7], params))
+    out = deltas[-1].output
+    assert out.finish_reason == "length" and out.answer_text == "" and out.num_thinking_tokens == 6
+    assert {d.phase for d in deltas} == {"thinking"}
+    assert "".join(d.text for d in deltas) == out.text == out.thinking_text
