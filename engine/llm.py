@@ -174,10 +174,11 @@ class LLM:
                 raise ValueError("prompt is empty")
             check_unicode(prompt, "the prompt")
             return self.tokenizer.encode(prompt)
-        if not isinstance(prompt, list) or not all(type(t) is int for t in prompt):
-            raise TypeError(
-                f"a prompt is a string or a list of int token ids, got {_describe(prompt)}"
-            )
+        if not isinstance(prompt, list):
+            raise TypeError(f"a prompt is a string or a list of int token ids, got {_describe(prompt)}")
+        bad = next((i for i, t in enumerate(prompt) if type(t) is not int), None)
+        if bad is not None:
+            raise TypeError(f"a prompt of token ids holds ints only; item {bad} is {_describe(prompt[bad])}")
         if not prompt:
             raise ValueError("prompt is empty")
         bad = [t for t in prompt if not 0 <= t < self.config.vocab_size]
@@ -231,10 +232,7 @@ class LLM:
     ) -> list[Output]:
         """Submit every prompt at once and run them batched. A lone bad prompt raises; in a list, a bad
         prompt gets an Output with finish_reason "error" and the others run."""
-        single = isinstance(prompts, str) or (isinstance(prompts, list) and bool(prompts) and type(prompts[0]) is int)
-        if not single and not isinstance(prompts, list):
-            raise TypeError(f"prompts must be a string, a list of token ids, or a list of those; got {_describe(prompts)}")
-        prompts = [prompts] if single else prompts
+        prompts, single = _prompt_batch(prompts)
         params_list = _params_list(params, len(prompts), "prompts")
         requests: list[Request | list[Output]] = []
         for prompt, sp in zip(prompts, params_list):
@@ -274,10 +272,9 @@ class LLM:
         one for all prompts or one per prompt. All prompts run batched; each runs as one sequence while its
         settings decide alike and forks where they differ, so shared prefixes are computed once; each Output
         equals `generate(prompt, replace(params, budget=setting))`."""
-        single = isinstance(prompts, str) or (isinstance(prompts, list) and bool(prompts) and type(prompts[0]) is int)
-        prompts = [prompts] if single else prompts
+        prompts, single = _prompt_batch(prompts)
         params_list = _params_list(params, len(prompts), "prompts")
-        per_prompt = bool(budgets) and isinstance(budgets[0], list)
+        per_prompt = isinstance(budgets, list) and bool(budgets) and isinstance(budgets[0], list)
         budget_lists = budgets if per_prompt else [budgets] * len(prompts)
         if len(budget_lists) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(budget_lists)} lists of budgets")
@@ -304,8 +301,11 @@ class LLM:
         """Per continuation token, its log-probability given the prompt and the continuation before it (the
         log-softmax of the model's logits). Strings are tokenized apart, then joined as ids. The pairs run
         as one batch of prompt-logprob requests (a cached prompt prefix is reused)."""
-        single = isinstance(prompts, str) or (isinstance(prompts, list) and bool(prompts) and type(prompts[0]) is int)
-        prompts, continuations = ([prompts], [continuations]) if single else (prompts, continuations)
+        prompts, single = _prompt_batch(prompts)
+        if single:
+            continuations = [continuations]
+        elif not isinstance(continuations, list):
+            raise TypeError(f"continuations must be a list like prompts, got {_describe(continuations)}")
         if len(prompts) != len(continuations):
             raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations")
         pairs = []
@@ -345,7 +345,11 @@ class LLM:
         params: SamplingParams | list[SamplingParams] | None = None,
         use_tqdm: bool = True,
     ) -> list[Output]:
-        single = bool(conversations) and isinstance(conversations[0], dict)
+        if not isinstance(conversations, list) or not conversations or not all(
+                isinstance(c, dict) for c in conversations) and not all(isinstance(c, list) for c in conversations):
+            raise TypeError("conversations must be a non-empty list of messages ({'role': ..., 'content': ...} dicts) "
+                            f"or a list of such lists; got {_describe(conversations)}")
+        single = isinstance(conversations[0], dict)
         params_list = _params_list(params, 1 if single else len(conversations), "conversations")
         if single:
             return self.generate(self.chat_prompt(conversations, params_list[0]), params_list[0], use_tqdm=use_tqdm)
@@ -418,6 +422,15 @@ def _params_list(params: SamplingParams | list[SamplingParams] | None, n: int, w
     if len(params) != n:
         raise ValueError(f"got {n} {what} but {len(params)} SamplingParams; pass one, or one per item")
     return params
+
+
+def _prompt_batch(prompts) -> tuple[list, bool]:
+    """A call's prompts as a list, and whether one prompt (a string or a list of token ids) was given."""
+    if isinstance(prompts, str) or (isinstance(prompts, list) and bool(prompts) and type(prompts[0]) is int):
+        return [prompts], True
+    if not isinstance(prompts, list):
+        raise TypeError(f"prompts must be a string, a list of token ids, or a list of those; got {_describe(prompts)}")
+    return prompts, False
 
 
 def _describe(value) -> str:

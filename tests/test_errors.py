@@ -132,6 +132,22 @@ def test_bad_prompts_raise_alone(llm):
     llm.core.block_manager.check_all_free()
 
 
+@pytest.mark.parametrize("call,message", [
+    (lambda llm: llm.chat({"role": "user", "content": "hi"}), "conversations must be a non-empty list of messages .* got dict"),
+    (lambda llm: llm.chat("hello"), "conversations must be .* got str"),  # not five error Outputs, one a character
+    (lambda llm: llm.chat([[{"role": "user", "content": "hi"}], {"role": "user", "content": "hi"}]), "conversations must be"),
+    (lambda llm: llm.sweep(None, SamplingParams(), [ThinkingBudget()]), "prompts must be a string, .* got NoneType"),
+    (lambda llm: llm.sweep(("hi",), SamplingParams(), [ThinkingBudget()]), "got a tuple"),  # as generate
+    (lambda llm: llm.score(None, "x"), "prompts must be .* got NoneType"),
+    (lambda llm: llm.score(["a"], "b"), "continuations must be a list like prompts, got str"),
+    (lambda llm: llm.generate([5, "a"]), "a prompt of token ids holds ints only; item 1 is str"),
+])
+def test_bad_argument_types_name_the_problem(llm, call, message):
+    with pytest.raises(TypeError, match=message):
+        call(llm)
+    assert not llm.has_unfinished()
+
+
 def test_one_bad_request_does_not_stop_the_batch(llm):
     params = SamplingParams(max_tokens=6, ignore_eos=True)
     outs = llm.generate([[5, 6, 7], "", [9] * 80, [11, 12]], params, use_tqdm=False)
