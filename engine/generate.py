@@ -12,7 +12,7 @@ from engine.tokenizer import THINK_FORMATS
 
 DIM, RESET = "\033[2m", "\033[0m"
 BUDGET_FLAGS = ("min_thinking_tokens", "max_thinking_tokens", "num_ignore", "ignore_str", "final_answer_str",
-                "max_answer_tokens", "suppress")
+                "max_answer_tokens", "suppress", "think_format")
 BUDGET_FIELD_FLAGS = {"min_tokens": "--min-thinking-tokens", "max_tokens": "--max-thinking-tokens", "num_ignore": "--num-ignore",
                       "ignore_str": "--ignore-str", "final_answer_str": "--final-answer-str",
                       "max_answer_tokens": "--max-answer-tokens", "suppress": "--suppress"}
@@ -124,7 +124,9 @@ def generate(args: argparse.Namespace) -> int:
     if budget is not None and max(budget.min_tokens, budget.max_tokens or 0) >= args.max_tokens:
         print(f"warning: thinking may use all --max-tokens {args.max_tokens} (--min-thinking-tokens {budget.min_tokens}, "
               f"--max-thinking-tokens {budget.max_tokens}): the answer may never start", file=sys.stderr)
-    question = args.prompt if args.prompt is not None else sys.stdin.read()
+    if args.prompt is None and sys.stdin.isatty():
+        print("reading the prompt from stdin (end it with Ctrl-D)...", file=sys.stderr)
+    question = args.prompt if args.prompt is not None else sys.stdin.read().strip()  # a piped file's last newline
     problem = "is empty" if not question.strip() else _not_utf8(question)
     if problem:
         print(f"error: the prompt {problem}", file=sys.stderr)

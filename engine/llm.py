@@ -151,9 +151,10 @@ class LLM:
             k = getattr(params, name)
             if k is not None and k > self.config.vocab_size:
                 raise ValueError(f"{name}={k} is more than the vocabulary's {self.config.vocab_size} tokens")
-        outside = sorted(t for t in params.logit_bias or {} if t >= self.config.vocab_size)
-        if outside:
-            raise ValueError(f"logit_bias token ids {outside[:5]} are outside the vocabulary [0, {self.config.vocab_size})")
+        for name, ids in (("logit_bias", params.logit_bias or {}), ("stop_token_ids", params.stop_token_ids)):
+            outside = sorted(t for t in ids if t >= self.config.vocab_size)
+            if outside:
+                raise ValueError(f"{name} token ids {outside[:5]} are outside the vocabulary [0, {self.config.vocab_size})")
         seeds = ([params.seed + i for i in range(params.n)] if params.seed is not None
                  else [self._seed_source.getrandbits(62) for _ in range(params.n)])
         generator = torch.Generator().manual_seed(seeds[0])  # on the CPU: the sampler draws one number a step

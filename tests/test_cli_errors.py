@@ -48,6 +48,9 @@ def test_budget_flags_beside_no_budget_and_an_empty_prompt_are_errors(make_model
               "--num-ignore", "1"])
     assert exit_info.value.code == 2
     assert "drop --num-ignore, --max-answer-tokens or --no-budget" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the think format only shapes a budget's thinking
+        main(["--model", str(make_model("llama")), "--prompt", "hi", "--no-budget", "--think-format", "r1"])
+    assert "drop --think-format or --no-budget" in capsys.readouterr().err
     assert main(["--model", str(make_model("llama")), "--prompt", ""]) == 2
     assert capsys.readouterr().err.strip() == "error: the prompt is empty"
 

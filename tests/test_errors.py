@@ -120,6 +120,8 @@ def test_bad_prompts_raise_alone(llm):
         llm.generate([5] * 80, SamplingParams(max_tokens=4), use_tqdm=False)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         llm.generate([5, 10**6], SamplingParams(max_tokens=4), use_tqdm=False)
+    with pytest.raises(ValueError, match=r"stop_token_ids token ids \[1000000\] are outside the vocabulary"):
+        llm.generate([5], SamplingParams(max_tokens=4, stop_token_ids=[3, 10**6]), use_tqdm=False)
     with pytest.raises(ValueError, match="the prompt is not valid Unicode: it holds a lone surrogate '.ud800' at character 2"):
         llm.generate("ab\ud800", SamplingParams(max_tokens=4), use_tqdm=False)
     with pytest.raises(ValueError, match="messages.0. has no content"):
