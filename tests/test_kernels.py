@@ -11,7 +11,10 @@ from kernels import activation, decode_attention, extend_attention, reference, r
 
 DTYPES = (torch.float32, torch.float16)
 # (atol, rtol) per dtype. fp16 attention rounds the softmax weights to fp16 for the P @ V dot, as on a GPU.
-ATTENTION_TOL = {torch.float32: (2e-6, 1e-5), torch.float16: (1e-3, 1e-3)}
+# fp32: inputs are fresh each run (hash() of the key is salted per process); over 72 extend cases with
+# values ~N(0, 1) the kernel and the reference part by up to 2.5e-6 (a weighted sum that cancels to a
+# small output keeps the values' rounding), so atol is twice that: ~40 ulps of 1.
+ATTENTION_TOL = {torch.float32: (5e-6, 1e-5), torch.float16: (1e-3, 1e-3)}
 ELEMENTWISE_TOL = {torch.float32: (1e-6, 1e-6), torch.float16: (1e-3, 1e-3)}
 # (query heads per KV head, KV heads)
 GQA = ((1, 2), (4, 1), (8, 1))
