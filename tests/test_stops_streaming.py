@@ -145,7 +145,7 @@ def test_unseeded_requests_leave_torch_global_rng_alone(s1_llm):
 
 @pytest.mark.parametrize("prompt", [(5, 6, 7), np.array([5, 6, 7]), [5, 6.0]])
 def test_a_prompt_must_be_text_or_a_list_of_ids(s1_llm, prompt):
-    with pytest.raises(TypeError, match="a prompt is a string or a list of int token ids|prompts must be"):
+    with pytest.raises(TypeError, match="a prompt is a string or a list of int token ids|prompts must be|holds ints only; item 1 is float"):
         s1_llm.generate(prompt, SamplingParams(max_tokens=2), use_tqdm=False)
     ok, bad = s1_llm.generate([[5, 6], (7, 8)], SamplingParams(max_tokens=2), use_tqdm=False)
     assert ok.finish_reason == "length" and bad.finish_reason == "error" and "tuple" in bad.error
