@@ -69,10 +69,14 @@ def s1_budget_forcing(
 
     def split_token(out: list[int], i: int, cut: int) -> tuple[list[int], int]:
         """A marker starting `cut` characters into token i: keep the text before it (unless only whitespace)
-        as its own tokens, as s1's text-level stop keeps it. Returns the tokens and where the marker starts."""
+        as its own tokens, as s1's text-level stop keeps it, when they decode to the same text after the 4
+        tokens before and keep thinking within the cap. Returns the tokens and where the marker starts."""
         text = decode(out[i : i + 1])
         left, right = encode(text[:cut]), encode(text[cut:])
-        if cut <= 0 or not text[:cut].strip() or decode(left) != text[:cut] or decode(right) != text[cut:]:
+        context = out[max(0, i - 4) : i]
+        if (cut <= 0 or not text[:cut].strip() or not left or not right
+                or decode(context + left + right) != decode(context + out[i : i + 1])
+                or (cap is not None and i + len(left) > cap)):
             return out, i
         return out[:i] + left + right + out[i + 1 :], i + len(left)
 

@@ -10,6 +10,9 @@ from enum import Enum
 from engine.text import check_unicode
 
 
+SPLIT_CONTEXT = 4  # tokens before a split token that its re-encoded parts are decoded after, to compare
+
+
 class Phase(Enum):
     THINKING = "thinking"
     ANSWER = "answer"
@@ -190,7 +193,8 @@ class BudgetState:
         text from `at`, so the text before a marker stays in thinking instead of going with the marker.
         Only whitespace before it (" </") goes with the marker, in the token the model wrote. Returns that
         index and the split token's index (None when no token was split: the character starts a token,
-        only whitespace precedes it, or the two parts do not re-encode to the same text)."""
+        only whitespace precedes it, the two parts do not decode to the same text after the tokens before
+        them, or the text before the marker would take thinking past the cap)."""
         decode, encode = self.tokens.decode, self.tokens.encode
         i = _token_at_char(tail_ids, at, decode)
         head = decode(tail_ids[:i])
@@ -200,7 +204,10 @@ class BudgetState:
         if cut <= 0 or not text[:cut].strip() or not decode(tail_ids[: i + 1]).startswith(head):
             return pos, None
         left, right = encode(text[:cut]), encode(text[cut:])
-        if not left or not right or decode(left) != text[:cut] or decode(right) != text[cut:]:
+        cap = self.budget.max_tokens
+        context = output[max(0, pos - SPLIT_CONTEXT) : pos]  # a piece's text can depend on what precedes it
+        if (not left or not right or decode([*context, *left, *right]) != decode([*context, *output[pos : pos + 1]])
+                or (cap is not None and pos + len(left) > cap)):  # the kept text would push thinking past the cap
             return pos, None
         after = output[pos + 1 :]
         del output[pos:]

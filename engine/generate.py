@@ -126,7 +126,9 @@ def generate(args: argparse.Namespace) -> int:
               f"--max-thinking-tokens {budget.max_tokens}): the answer may never start", file=sys.stderr)
     if args.prompt is None and sys.stdin.isatty():
         print("reading the prompt from stdin (end it with Ctrl-D)...", file=sys.stderr)
-    question = args.prompt if args.prompt is not None else sys.stdin.read().strip()  # a piped file's last newline
+    # stdin as bytes: a strict UTF-8 locale would raise on a bad byte before it could be named
+    question = (args.prompt if args.prompt is not None
+                else sys.stdin.buffer.read().decode("utf-8", "surrogateescape").strip())  # a piped file's last newline
     problem = "is empty" if not question.strip() else _not_utf8(question)
     if problem:
         print(f"error: the prompt {problem}", file=sys.stderr)

@@ -275,7 +275,10 @@ class LLM:
         equals `generate(prompt, replace(params, budget=setting))`."""
         prompts, single = _prompt_batch(prompts)
         params_list = _params_list(params, len(prompts), "prompts")
-        per_prompt = isinstance(budgets, list) and bool(budgets) and isinstance(budgets[0], list)
+        if not isinstance(budgets, list) or not budgets:
+            raise TypeError(f"budgets must be a non-empty list of ThinkingBudget (or one such list per prompt), "
+                            f"got {_describe(budgets)}")
+        per_prompt = isinstance(budgets[0], list)
         budget_lists = budgets if per_prompt else [budgets] * len(prompts)
         if len(budget_lists) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(budget_lists)} lists of budgets")
@@ -427,8 +430,8 @@ def _params_list(params: SamplingParams | list[SamplingParams] | None, n: int, w
 
 def _prompt_batch(prompts) -> tuple[list, bool]:
     """A call's prompts as a list, and whether one prompt (a string or a list of token ids) was given."""
-    if isinstance(prompts, str) or (isinstance(prompts, list) and bool(prompts) and type(prompts[0]) is int):
-        return [prompts], True
+    if isinstance(prompts, str) or (isinstance(prompts, list) and bool(prompts) and isinstance(prompts[0], (int, np.integer))):
+        return [prompts], True  # (a number other than a plain int is then named by _prompt_ids)
     if not isinstance(prompts, list):
         raise TypeError(f"prompts must be a string, a list of token ids, or a list of those; got {_describe(prompts)}")
     return prompts, False

@@ -213,12 +213,25 @@ def engine_error(e: Exception) -> ApiError:
     return ApiError(f"the engine failed: {type(e).__name__}: {e}", 500, kind="server_error")
 
 
-def device_broken(e: Exception) -> bool:
-    """A CUDA error other than running out of memory (an illegal address, a launch failure): it sticks to
-    the process's CUDA context, so every later step would fail too."""
-    if isinstance(e, torch.OutOfMemoryError):
+# how torch, Triton's launcher and cuBLAS word a failed GPU call
+DEVICE_ERRORS = ("CUDA error", "Triton Error [CUDA]", "CUBLAS_STATUS_EXECUTION_FAILED", "cudaErrorIllegalAddress")
+
+
+def device_broken(e: Exception, device: torch.device) -> bool:
+    """A GPU error other than running out of memory (an illegal address, a launch failure): it sticks to
+    the process's CUDA context, so every later step would fail too. Besides the error's own words, a
+    context that can no longer synchronize is broken whatever the first error said."""
+    text = str(e)
+    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in text:
         return False
-    return isinstance(e, torch.AcceleratorError) or (isinstance(e, RuntimeError) and "CUDA error" in str(e))
+    if isinstance(e, torch.AcceleratorError) or any(marker in text for marker in DEVICE_ERRORS):
+        return True
+    if device.type == "cuda":
+        try:
+            torch.cuda.synchronize(device)
+        except Exception:
+            return True
+    return False
 
 
 def _bounds(request: Request) -> list[tuple[int | None, int | None]]:
@@ -323,7 +336,7 @@ class EngineLoop:
             self.jobs = []
             if isinstance(e, torch.OutOfMemoryError) and self.llm.device.type == "cuda":
                 torch.cuda.empty_cache()  # what the failed step held goes back before the next one
-            return not device_broken(e)
+            return not device_broken(e, self.llm.device)
         running = []
         for job in self.jobs:
             try:

@@ -143,3 +143,47 @@ def test_cap_on_a_token_ending_in_the_markers_first_character(tokenizer):
     tokens = tokenizer.budget_tokens("r1", ThinkingBudget(max_tokens=2), ignore_eos=False)
     out, state = run(ThinkingBudget(max_tokens=2), tokenizer.encode_piece("3") + spelled(tokenizer, [".<"]), tokens)
     assert tokenizer.decode(out[: state.thinking_end]) == "3." and tokenizer.decode(out) == "3.</think>\n\n"
+
+
+# a made-up vocabulary: "ab<" is one token, "ab" is two; "▁." decodes to " ." after a word, "." alone
+PIECES = {10: "ab<", 11: "a", 12: "b", 13: "<", 14: "/", 15: "think", 16: ">", 17: "\n\n", 20: "x", 21: ".<", 22: "z",
+          23: "▁.", 24: "."}
+
+
+def piece_tokens(budget: ThinkingBudget, metaspace: bool = False) -> BudgetTokens:
+    """Greedy longest-match encoding that never makes "ab<" or ".<" (as a tokenizer re-encoding their
+    parts would not); with metaspace, "." encodes as "▁." (a SentencePiece habit)."""
+    ids = {v: k for k, v in PIECES.items() if v not in ("ab<", ".<", "▁.")}
+
+    def decode(tokens):
+        text = "".join(PIECES[t] for t in tokens)
+        return text.replace("▁", " ").removeprefix(" ")
+
+    def encode(text):
+        out = []
+        while text:
+            if metaspace and text.startswith("."):
+                out, text = out + [23], text[1:]
+                continue
+            n = next(n for n in range(len(text), 0, -1) if text[:n] in ids)
+            out, text = out + [ids[text[:n]]], text[n:]
+        return out
+
+    return BudgetTokens(end_ids=frozenset({2}), marker="</think>", delimiter=tuple(encode("</think>\n\n")),
+                        delimiter_text="</think>\n\n", final_answer=(), ignore=(20,), decode=decode, encode=encode)
+
+
+def test_a_split_never_takes_thinking_past_the_cap():
+    budget = ThinkingBudget(max_tokens=3)
+    out, state = run(budget, [20, 20, 10], piece_tokens(budget))  # "xxab<": "ab" would be 2 tokens, 4 > 3
+    assert state.count(len(out)) <= 3 and state.phase is Phase.ANSWER
+
+
+def test_no_split_when_the_parts_read_differently_in_context():
+    budget = ThinkingBudget()
+    tokens = piece_tokens(budget, metaspace=True)  # "." alone decodes as ".", but after "z" as "z ."
+    out, state = run(budget, [20, 22, 21, 14, 15, 16], tokens)
+    assert tokens.decode(out) == "xz.</think>" and out == [20, 22, 21, 14, 15, 16]
+    plain = piece_tokens(budget)  # without the habit the same stream splits and keeps "xz." in thinking
+    out, state = run(budget, [20, 22, 21, 14, 15, 16], plain)
+    assert out == [20, 22, 24, 13, 14, 15, 16] and plain.decode(out[: state.thinking_end]) == "xz."

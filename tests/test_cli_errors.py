@@ -1,4 +1,6 @@
 """The CLI ends cleanly on bad settings and on Ctrl-C, and its summary counts what was sampled."""
+import io
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -80,11 +82,15 @@ def test_max_tokens_below_one_is_a_usage_error(capsys):
 
 
 @pytest.mark.parametrize("chat", (["--chat"], ["--no-chat"]))
-def test_a_prompt_that_is_not_utf8_is_named(make_model, capsys, chat):
-    # bytes 0xff .. reach Python as lone surrogates (surrogateescape), from argv and from stdin alike
+def test_a_prompt_that_is_not_utf8_is_named(make_model, capsys, monkeypatch, chat):
+    # argv holds a bad byte 0xff as a lone surrogate (surrogateescape); stdin is read as bytes, so a strict
+    # UTF-8 locale's stdin (PYTHONIOENCODING=utf-8) does not raise before the byte is named
     code = main(["--model", str(make_model("llama")), "--prompt", "\udcff abc", *chat])
     err = capsys.readouterr().err
     assert code == 2 and "error: the prompt is not valid UTF-8: byte 0xff at character 0" in err and "Traceback" not in err
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"ab\xfecd\n"), encoding="utf-8", errors="strict"))
+    assert main(["--model", str(make_model("llama")), *chat]) == 2
+    assert "error: the prompt is not valid UTF-8: byte 0xfe at character 2" in capsys.readouterr().err
 
 
 def test_a_failed_download_of_the_default_model_is_an_os_error(tmp_path, monkeypatch):

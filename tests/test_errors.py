@@ -143,6 +143,8 @@ def test_bad_prompts_raise_alone(llm):
     (lambda llm: llm.score(None, "x"), "prompts must be .* got NoneType"),
     (lambda llm: llm.score(["a"], "b"), "continuations must be a list like prompts, got str"),
     (lambda llm: llm.generate([5, "a"]), "a prompt of token ids holds ints only; item 1 is str"),
+    (lambda llm: llm.generate([__import__("numpy").int64(5), 6]), "item 0 is int64"),  # one prompt, not a batch
+    (lambda llm: llm.sweep(["", [5, 6]], SamplingParams(), None), "budgets must be a non-empty list .* got NoneType"),
 ])
 def test_bad_argument_types_name_the_problem(llm, call, message):
     with pytest.raises(TypeError, match=message):

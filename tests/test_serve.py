@@ -775,3 +775,18 @@ def test_out_of_memory_fails_the_step_and_a_broken_gpu_stops_the_engine(make_mod
         assert request(srv, "GET", "/health")[0] == 503
         status, reply = post(srv, "/v1/completions", body)
         assert status == 503 and "restart the server" in reply["error"]["message"]
+
+
+@pytest.mark.parametrize("error,broken", [
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
+    (RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered"), True),  # Triton's launcher
+    (RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx(...)`"), True),
+    (torch.AcceleratorError("CUDA error: unspecified launch failure"), True),
+    (torch.AcceleratorError("CUDA error: out of memory"), False),  # recoverable, whatever its class
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+    (ValueError("a bug of the engine's own"), False),
+])
+def test_which_errors_leave_the_gpu_broken(error, broken):
+    from engine.serve import device_broken
+
+    assert device_broken(error, torch.device("cpu")) is broken
