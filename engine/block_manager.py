@@ -39,10 +39,12 @@ class BlockManager:
     def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
         """Blocks to take so that `seq` can write its tokens up to `num_tokens`: the blocks to add, and a
         copy of each shared block it writes into (`prepare_write` takes those)."""
-        bs, table = self.block_size, seq.block_table
-        shared = sum(self.ref_counts[table[i]] > 1
-                     for i in range(seq.num_cached_tokens // bs, min(len(table), -(-num_tokens // bs))))
-        return self._blocks_to_add(seq, num_tokens) + shared
+        bs, table, ref_counts = self.block_size, seq.block_table, self.ref_counts
+        last = -(-num_tokens // bs)
+        shared = 0
+        for i in range(seq.num_cached_tokens // bs, min(len(table), last)):  # a decode step: one block
+            shared += ref_counts[table[i]] > 1
+        return max(0, last - len(table)) + shared
 
     def _blocks_to_add(self, seq: Sequence, num_tokens: int) -> int:
         return max(0, -(-num_tokens // self.block_size) - len(seq.block_table))
@@ -75,8 +77,10 @@ class BlockManager:
         self.num_cached_prompt_tokens -= min(seq.num_cached_tokens, seq.num_prompt_tokens)
         self.free(seq)
 
-    def allocate(self, seq: Sequence, num_tokens: int) -> None:
-        needed = self.blocks_needed(seq, num_tokens)
+    def allocate(self, seq: Sequence, num_tokens: int, needed: int | None = None) -> None:
+        """Add the blocks `seq` needs to hold num_tokens; `needed` is blocks_needed's answer when the caller
+        has just asked it."""
+        needed = self.blocks_needed(seq, num_tokens) if needed is None else needed
         if needed > self.num_free_blocks:
             raise RuntimeError(f"out of KV blocks: need {needed}, {self.num_free_blocks} free")
         for _ in range(self._blocks_to_add(seq, num_tokens)):

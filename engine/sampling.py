@@ -136,16 +136,14 @@ class Sampler:
         generators: list[torch.Generator],
         masked_ids: list[frozenset[int]],
     ) -> list[int]:
+        # built as Python lists, one tensor each: a tensor write per row costs more than the row's work
         width = 1 << (max(1, *map(len, masked_ids)) - 1).bit_length()  # a power of two: few kernel variants
-        masked = torch.full((len(params), width), -1, dtype=torch.long)
-        for row, ids in enumerate(masked_ids):
-            masked[row, : len(ids)] = torch.tensor(sorted(ids), dtype=torch.long)
-        uniform = torch.zeros(len(params), dtype=torch.float64)
-        for row, (p, generator) in enumerate(zip(params, generators)):
-            if p.temperature > 0:
-                uniform[row] = torch.rand((), dtype=torch.float64, generator=generator)
+        masked = [sorted(ids) + [-1] * (width - len(ids)) for ids in masked_ids]
+        uniform = [torch.rand((), dtype=torch.float64, generator=generator).item() if p.temperature > 0 else 0.0
+                   for p, generator in zip(params, generators)]
         top_k = [min(p.top_k, self.vocab_size) for p in params]  # any k past the vocabulary keeps all of it
         host = (torch.tensor([p.temperature for p in params]), torch.tensor(top_k),
-                torch.tensor([p.top_p for p in params]), uniform, masked)
+                torch.tensor([p.top_p for p in params]), torch.tensor(uniform, dtype=torch.float64),
+                torch.tensor(masked, dtype=torch.long))
         temperature, top_k, top_p, uniform, masked = (t.to(logits.device, non_blocking=True) for t in host)
         return self.sample_fn(logits, self.vocab_size, temperature, top_k, top_p, uniform, masked).tolist()

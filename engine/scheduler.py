@@ -104,17 +104,20 @@ class Scheduler:
     def _schedule_decode(self) -> ScheduledBatch | None:
         bm = self.block_manager
         scheduled, copies = [], []
-        candidates = list(self.running)
+        candidates = deque(self.running)
         while candidates:
-            seq = candidates.pop(0)
-            while not bm.can_allocate(seq, len(seq)) and candidates:
+            seq = candidates.popleft()
+            end = len(seq)
+            needed = bm.blocks_needed(seq, end)  # once a sequence a step: this loop runs over the whole batch
+            while needed > bm.num_free_blocks and candidates:
                 self._preempt(candidates.pop())  # the newest gives way
-            if bm.can_allocate(seq, len(seq)):
-                bm.allocate(seq, len(seq))
-                copies += bm.prepare_write(seq, seq.num_cached_tokens, len(seq))
-                scheduled.append(seq)
-            else:
+                needed = bm.blocks_needed(seq, end)  # it may have shared a block with this one
+            if needed > bm.num_free_blocks:
                 self._preempt(seq)
+                continue
+            bm.allocate(seq, end, needed)
+            copies += bm.prepare_write(seq, seq.num_cached_tokens, end)
+            scheduled.append(seq)
         if not scheduled:
             return None
         scheduled.sort(key=len)  # by context length: the runner groups similar lengths for attention

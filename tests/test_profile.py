@@ -45,3 +45,14 @@ def test_gpu_time_counts_each_kernel_once():
     gpu = profile.op_times(events, device_time=True)
     assert sum(gpu.values()) == 49.0 and {profile.category(k) for k in gpu} == {"matmul", "attention", "other ops"}
     assert profile.op_times(events, device_time=False) == {"aten::mm": 9.0, "aten::add": 3.0}
+
+
+def test_step_overhead_times_the_engines_host_work(capsys):
+    from benchmarks import step_overhead
+
+    assert step_overhead.main(["--batches", "1,3", "--steps", "4", "--temperature", "0.8"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "ms a step" in line]
+    assert [line.split(":")[0].split()[-1] for line in lines] == ["1", "3"]
+    assert all(float(line.split(":")[1].split("ms")[0]) > 0 for line in lines)
+    with pytest.raises(SystemExit):
+        step_overhead.main(["--batches", "0"])
