@@ -80,6 +80,9 @@ def _ours(r: dict, where: str, seed: int) -> EvalItem:
     choices = r.get("choices")
     if choices is not None and (not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS)):
         raise ValueError(f"{where}: 'choices' must be a list of 2 to {len(LETTERS)} option texts")
+    for field in ("domain", "source"):  # labels that summaries group by
+        if r.get(field) is not None and not isinstance(r[field], str):
+            raise ValueError(f"{where}: '{field}' must be a string, got {type(r[field]).__name__}")
     item = EvalItem(
         id=_text(r, "id", where), question=_text(r, "question", where), answer=_text(r, "answer", where),
         domain=r.get("domain"), choices=tuple(map(str, choices)) if choices else None, source=r.get("source"),

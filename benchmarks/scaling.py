@@ -330,13 +330,13 @@ def run(args: argparse.Namespace, h: Harness, methods: list[Method], items: list
                   "against another reference answer)", file=sys.stderr)
         for method in methods:
             run_method(h, method, logs[method.name], items)
+        header = {"model": str(args.model or "default"), "data": list(args.data), "num_questions": len(items)}
+        summary = summarize(methods, out, header, {item.id: item.source for item in items})  # grades votes: slow
+        write_summary(summary, out)
+        paths = plot(summary, out)
     except KeyboardInterrupt:
         print(f"\ninterrupted: rerun the same command to resume into {out}", file=sys.stderr)
         return 130  # 128 + SIGINT, as a shell reports it
-    header = {"model": str(args.model or "default"), "data": list(args.data), "num_questions": len(items)}
-    summary = summarize(methods, out, header, {item.id: item.source for item in items})
-    write_summary(summary, out)
-    paths = plot(summary, out)
     print(f"done in {time.perf_counter() - start:.0f} s (this invocation); wrote {out / 'summary.md'}, "
           f"{out / 'summary.json'}, " + ", ".join(map(str, paths)), file=sys.stderr)
     return 0

@@ -33,7 +33,9 @@ class Sample:
 
     @property
     def ended_thinking(self) -> bool:
-        return len(self.text) > len(self.thinking_text)
+        """Thinking ended and the answer began. A length limit that stopped it before any answer token (inside
+        the spliced delimiter, "...</think", or right after it) left thinking and splices only: no answer."""
+        return len(self.text) > len(self.thinking_text) and not (self.finish_reason == "length" and self.answer_tokens == 0)
 
 
 @dataclass(frozen=True)

@@ -169,22 +169,22 @@ class LLM:
         self.core.add_request(request)
         return request
 
-    def _prompt_ids(self, prompt: Prompt) -> list[int]:
+    def _prompt_ids(self, prompt: Prompt, what: str = "prompt") -> list[int]:
         if isinstance(prompt, str):
             if not prompt:
-                raise ValueError("prompt is empty")
-            check_unicode(prompt, "the prompt")
+                raise ValueError(f"{what} is empty")
+            check_unicode(prompt, f"the {what}")
             return self.tokenizer.encode(prompt)
         if not isinstance(prompt, list):
-            raise TypeError(f"a prompt is a string or a list of int token ids, got {_describe(prompt)}")
+            raise TypeError(f"a {what} is a string or a list of int token ids, got {_describe(prompt)}")
         bad = next((i for i, t in enumerate(prompt) if type(t) is not int), None)
         if bad is not None:
-            raise TypeError(f"a prompt of token ids holds ints only; item {bad} is {_describe(prompt[bad])}")
+            raise TypeError(f"a {what} of token ids holds ints only; item {bad} is {_describe(prompt[bad])}")
         if not prompt:
-            raise ValueError("prompt is empty")
+            raise ValueError(f"{what} is empty")
         bad = [t for t in prompt if not 0 <= t < self.config.vocab_size]
         if bad:
-            raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.config.vocab_size})")
+            raise ValueError(f"{what} token ids {bad[:5]} are outside the vocabulary [0, {self.config.vocab_size})")
         return list(prompt)
 
     def budget_tokens(self, params: SamplingParams) -> BudgetTokens:
@@ -315,8 +315,8 @@ class LLM:
         pairs = []
         for prompt, continuation in zip(prompts, continuations):
             context = self._prompt_ids(prompt)
-            tail = (self.tokenizer.encode_piece(continuation) if isinstance(continuation, str)
-                    else self._prompt_ids(continuation))
+            tail = (self.tokenizer.encode_piece(continuation) if isinstance(continuation, str) and continuation
+                    else self._prompt_ids(continuation, "continuation"))
             if len(context) + len(tail) > self.max_model_len:
                 raise ValueError(f"prompt + continuation is {len(context) + len(tail)} tokens; the context holds "
                                  f"{self.max_model_len}")

@@ -120,6 +120,10 @@ def test_bad_prompts_raise_alone(llm):
         llm.generate([5] * 80, SamplingParams(max_tokens=4), use_tqdm=False)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         llm.generate([5, 10**6], SamplingParams(max_tokens=4), use_tqdm=False)
+    with pytest.raises(ValueError, match="continuation is empty"):  # not "prompt is empty"
+        llm.score([5, 6], [])
+    with pytest.raises(ValueError, match=r"continuation token ids \[1000000\] are outside the vocabulary"):
+        llm.score([5, 6], [10**6])
     with pytest.raises(ValueError, match=r"stop_token_ids token ids \[1000000\] are outside the vocabulary"):
         llm.generate([5], SamplingParams(max_tokens=4, stop_token_ids=[3, 10**6]), use_tqdm=False)
     with pytest.raises(ValueError, match="the prompt is not valid Unicode: it holds a lone surrogate '.ud800' at character 2"):
@@ -145,6 +149,7 @@ def test_bad_prompts_raise_alone(llm):
     (lambda llm: llm.generate([5, "a"]), "a prompt of token ids holds ints only; item 1 is str"),
     (lambda llm: llm.generate([__import__("numpy").int64(5), 6]), "item 0 is int64"),  # one prompt, not a batch
     (lambda llm: llm.sweep(["", [5, 6]], SamplingParams(), None), "budgets must be a non-empty list .* got NoneType"),
+    (lambda llm: llm.score([5, 6], [5, "x"]), "a continuation of token ids holds ints only; item 1 is str"),
 ])
 def test_bad_argument_types_name_the_problem(llm, call, message):
     with pytest.raises(TypeError, match=message):

@@ -90,6 +90,10 @@ def test_errors_name_the_file_and_line(tmp_path):
         load_eval_set(_write(tmp_path, "[1, 2]"))
     with pytest.raises(ValueError, match=r"set\.jsonl:1: 'question' must be a string or a number, got list"):
         load_eval_set(_write(tmp_path, '{"id": "a", "question": ["q"], "answer": "1"}'))
+    with pytest.raises(ValueError, match=r"set\.jsonl:2: 'source' must be a string, got list"):  # summaries group by it
+        load_eval_set(_write(tmp_path, good, '{"id": "b", "question": "q", "answer": "1", "source": ["x"]}'))
+    with pytest.raises(ValueError, match=r"set\.jsonl:1: 'domain' must be a string, got int"):
+        load_eval_set(_write(tmp_path, '{"id": "b", "question": "q", "answer": "1", "domain": 5}'))
 
 
 def test_unknown_spec_and_bad_limit(tmp_path):

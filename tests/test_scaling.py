@@ -125,6 +125,15 @@ def test_step_forcing_cuts_thinking_after_n_lines(make_model, data, tmp_path):
     assert cut > 0
 
 
+def test_ctrl_c_while_summarizing_says_how_to_resume(model_dir, data, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scaling, "summarize", interrupted)
+    assert run(model_dir, data, tmp_path / "out", "--methods", "budget", "--budgets", "4", "--limit", "1") == 130
+    assert "interrupted: rerun the same command to resume" in capsys.readouterr().err
+
+
 def test_interrupted_run_resumes_to_the_same_files(model_dir, data, tmp_path, monkeypatch, capsys):
     data = Path(shutil.copy(data, tmp_path / "eval.jsonl"))  # edited in place below
     flags = ("--methods", "budget,parallel", "--n", "2")
@@ -324,6 +333,9 @@ def test_thinking_that_never_ended_has_no_answer(model_dir):
     assert row["extracted_answer"] is None and row["vote"] is None and row["correct"] is False
     ended = Sample("Hm<|im_start|>answer\nFinal Answer: 4", "Hm", "4", 1, 1, 0, "stop")
     assert h.row(QUESTIONS[0], ended, 6)["correct"] is True
+    # the length limit cut the spliced delimiter: the grader would read the thinking as a bare answer
+    cut = Sample("So the answer is 4<|im_start|>", "So the answer is 4", "", 6, 0, 0, "length")
+    assert h.row(QUESTIONS[0], cut, 6)["correct"] is False and not cut.ended_thinking
 
 
 def test_a_locked_dir_a_corrupt_samples_line_and_a_bom_are_handled(model_dir, data, tmp_path, capsys):
