@@ -128,6 +128,13 @@ def grade(output_text: str, reference: str, *, choices: Sequence[str] | None = N
     return equivalent(answer, reference, timeout_s=timeout_s)
 
 
+def thinking_ended(text: str, thinking_text: str, finish_reason: str | None, answer_tokens: int) -> bool:
+    """Whether a sample's thinking ended and its answer began. A length limit that stopped it before any
+    answer token (inside a spliced delimiter, "...</think", or right after it) left thinking and splices
+    only: no answer, however the text reads."""
+    return len(text) > len(thinking_text) and not (finish_reason == "length" and answer_tokens == 0)
+
+
 def verdict(output_text: str, reference: str, *, choices: Sequence[str] | None = None, think_format: str = "s1",
             ended_thinking: bool = True) -> dict:
     """A sample's grading, as its row keeps it: the extracted answer, what a majority vote counts (the option

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from benchmarks.evalsets import EvalItem, load_eval_set
-from benchmarks.grading import grader_version
+from benchmarks.grading import grader_version, thinking_ended
 from benchmarks.scaling_harness import Harness
 from benchmarks.scaling_jobs import run_plans
 from benchmarks.scaling_log import SampleLog, read_rows
@@ -251,7 +251,7 @@ def regrade(h: Harness, logs: list[SampleLog], items: list[EvalItem]) -> int:
              and (row.get("grader") != grader_version() or row["reference"] != by_id[row["id"]].answer)]
     for log, i in tqdm(stale, desc="regrading", unit="row", disable=not stale or None):
         row, item = files[log][i], by_id[files[log][i]["id"]]
-        ended = len(row["output"]) > len(row["thinking_text"])
+        ended = thinking_ended(row["output"], row["thinking_text"], row["finish_reason"], row["answer_tokens"])
         files[log][i] = {**row, "reference": item.answer, **h.graded(item, row["output"], ended)}
     for log in dict.fromkeys(log for log, _ in stale):
         log.rewrite(files[log])

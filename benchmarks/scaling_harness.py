@@ -3,7 +3,7 @@ import zlib
 from dataclasses import dataclass, replace
 
 from benchmarks.evalsets import EvalItem, prompt_text
-from benchmarks.grading import verdict
+from benchmarks.grading import thinking_ended, verdict
 from engine import LLM, Output, SamplingParams, ThinkingBudget
 from engine.tokenizer import get_think_format
 
@@ -33,9 +33,7 @@ class Sample:
 
     @property
     def ended_thinking(self) -> bool:
-        """Thinking ended and the answer began. A length limit that stopped it before any answer token (inside
-        the spliced delimiter, "...</think", or right after it) left thinking and splices only: no answer."""
-        return len(self.text) > len(self.thinking_text) and not (self.finish_reason == "length" and self.answer_tokens == 0)
+        return thinking_ended(self.text, self.thinking_text, self.finish_reason, self.answer_tokens)
 
 
 @dataclass(frozen=True)
