@@ -7,6 +7,7 @@ Spec: "champ", or a JSONL path in our schema or in the MATH-500 / AIME 2024 / GP
 """
 import functools
 import json
+import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -94,16 +95,16 @@ def _ours(r: dict, where: str, seed: int) -> EvalItem:
 
 
 def _math500(r: dict, where: str, seed: int) -> EvalItem:
-    return EvalItem(str(r["unique_id"]), _text(r, "problem", where), _text(r, "answer", where),
+    return EvalItem(_text(r, "unique_id", where), _text(r, "problem", where), _text(r, "answer", where),
                     domain=r.get("subject"), source="math500")
 
 
 def _aime24(r: dict, where: str, seed: int) -> EvalItem:
-    return EvalItem(str(r["ID"]), _text(r, "Problem", where), _text(r, "Answer", where), source="aime24")
+    return EvalItem(_text(r, "ID", where), _text(r, "Problem", where), _text(r, "Answer", where), source="aime24")
 
 
 def _gpqa(r: dict, where: str, seed: int) -> EvalItem:
-    record_id = str(r["Record ID"])
+    record_id = _text(r, "Record ID", where)
     correct = _text(r, "Correct Answer", where)
     options = [correct] + [_text(r, f"Incorrect Answer {i}", where) for i in (1, 2, 3)]
     # A string seed hashes the same in every process (unlike hash()), so the order is reproducible.
@@ -133,7 +134,9 @@ def _text(record: dict, key: str, where: str) -> str:
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f"{where}: {key!r} must be a string or a number, got {type(value).__name__}")
-    text = str(value).strip()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {key!r} is {value} (a JSON NaN or Infinity), not an answer or a text")
+    text = str(int(value) if isinstance(value, float) and value.is_integer() else value).strip()  # 1e3: "1000"
     if not text:
         raise ValueError(f"{where}: {key!r} is empty")
     return text

@@ -94,6 +94,12 @@ def test_errors_name_the_file_and_line(tmp_path):
         load_eval_set(_write(tmp_path, good, '{"id": "b", "question": "q", "answer": "1", "source": ["x"]}'))
     with pytest.raises(ValueError, match=r"set\.jsonl:1: 'domain' must be a string, got int"):
         load_eval_set(_write(tmp_path, '{"id": "b", "question": "q", "answer": "1", "domain": 5}'))
+    with pytest.raises(ValueError, match=r"set\.jsonl:1: 'answer' is nan \(a JSON NaN or Infinity\)"):
+        load_eval_set(_write(tmp_path, '{"id": "b", "question": "q", "answer": NaN}'))
+    with pytest.raises(ValueError, match=r"set\.jsonl:2: 'unique_id' must be a string or a number, got NoneType"):
+        load_eval_set(_write(tmp_path, '{"problem": "p", "answer": "1", "unique_id": "x"}',
+                             '{"problem": "p", "answer": "1", "unique_id": null}'))
+    assert load_eval_set(_write(tmp_path, '{"id": 7, "question": "q", "answer": 1e3}'))[0].answer == "1000"
 
 
 def test_unknown_spec_and_bad_limit(tmp_path):
