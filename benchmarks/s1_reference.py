@@ -9,7 +9,7 @@ It takes every id from the tokenizer itself. An end marker that is not one added
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from engine.budget import ThinkingBudget
+from engine.budget import SPLIT_CONTEXT, ThinkingBudget
 from engine.tokenizer import get_think_format
 
 
@@ -69,11 +69,11 @@ def s1_budget_forcing(
 
     def split_token(out: list[int], i: int, cut: int) -> tuple[list[int], int]:
         """A marker starting `cut` characters into token i: keep the text before it (unless only whitespace)
-        as its own tokens, as s1's text-level stop keeps it, when they decode to the same text after the 4
+        as its own tokens, as s1's text-level stop keeps it, when they decode to the same text after the
         tokens before and keep thinking within the cap. Returns the tokens and where the marker starts."""
         text = decode(out[i : i + 1])
         left, right = encode(text[:cut]), encode(text[cut:])
-        context = out[max(0, i - 4) : i]
+        context = out[max(0, i - SPLIT_CONTEXT) : i]
         if (cut <= 0 or not text[:cut].strip() or not left or not right
                 or decode(context + left + right) != decode(context + out[i : i + 1])
                 or (cap is not None and i + len(left) > cap)):

@@ -40,11 +40,10 @@ class BlockManager:
         """Blocks to take so that `seq` can write its tokens up to `num_tokens`: the blocks to add, and a
         copy of each shared block it writes into (`prepare_write` takes those)."""
         bs, table, ref_counts = self.block_size, seq.block_table, self.ref_counts
-        last = -(-num_tokens // bs)
         shared = 0
-        for i in range(seq.num_cached_tokens // bs, min(len(table), last)):  # a decode step: one block
+        for i in range(seq.num_cached_tokens // bs, min(len(table), -(-num_tokens // bs))):  # decode: one block
             shared += ref_counts[table[i]] > 1
-        return max(0, last - len(table)) + shared
+        return self._blocks_to_add(seq, num_tokens) + shared
 
     def _blocks_to_add(self, seq: Sequence, num_tokens: int) -> int:
         return max(0, -(-num_tokens // self.block_size) - len(seq.block_table))

@@ -197,11 +197,10 @@ class BudgetState:
         them, or the text before the marker would take thinking past the cap)."""
         decode, encode = self.tokens.decode, self.tokens.encode
         i = _token_at_char(tail_ids, at, decode)
-        head = decode(tail_ids[:i])
-        text = decode(tail_ids[: i + 1])[len(head):]
-        cut = at - len(head)
+        head, through = decode(tail_ids[:i]), decode(tail_ids[: i + 1])
+        text, cut = through[len(head):], at - len(head)
         pos = len(output) - len(tail_ids) + i
-        if cut <= 0 or not text[:cut].strip() or not decode(tail_ids[: i + 1]).startswith(head):
+        if cut <= 0 or not text[:cut].strip() or not through.startswith(head):
             return pos, None
         left, right = encode(text[:cut]), encode(text[cut:])
         cap = self.budget.max_tokens

@@ -11,11 +11,11 @@ from engine.engine_args import add_engine_args, llm_from_args
 from engine.tokenizer import THINK_FORMATS
 
 DIM, RESET = "\033[2m", "\033[0m"
-BUDGET_FLAGS = ("min_thinking_tokens", "max_thinking_tokens", "num_ignore", "ignore_str", "final_answer_str",
-                "max_answer_tokens", "suppress", "think_format")
 BUDGET_FIELD_FLAGS = {"min_tokens": "--min-thinking-tokens", "max_tokens": "--max-thinking-tokens", "num_ignore": "--num-ignore",
                       "ignore_str": "--ignore-str", "final_answer_str": "--final-answer-str",
                       "max_answer_tokens": "--max-answer-tokens", "suppress": "--suppress"}
+# the flags --no-budget refuses: the budget's, and the think format that only shapes a budget's thinking
+BUDGET_FLAGS = tuple(flag[2:].replace("-", "_") for flag in BUDGET_FIELD_FLAGS.values()) + ("think_format",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

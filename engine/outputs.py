@@ -177,10 +177,10 @@ class OutputStream:
         cut = len(ids) if end is None else max(0, end - self.sent_ids)
         deltas = []
         thinking = output.thinking_text[self.sent_chars["thinking"] :]
-        answer = output.text[len(output.thinking_text) + self.sent_chars["answer"] :]
         if end is None:  # it finished while thinking: no answer phase began, the last delta is thinking's
             return [StreamDelta("thinking", thinking, ids, output=output)]
         if thinking or ids[:cut]:
             deltas.append(StreamDelta("thinking", thinking, ids[:cut]))
+        answer = output.text[len(output.thinking_text) + self.sent_chars["answer"] :]
         deltas.append(StreamDelta("answer", answer, ids[cut:], output=output))
         return deltas
