@@ -376,22 +376,37 @@ class LLM:
             raise ValueError(f"stream hands out one sample; got n={params.n} (use generate for n samples)")
         return RequestStream(self, self.add_request(prompt, params))
 
+    def stream_sweep(self, prompt: Prompt, params: SamplingParams, budgets: list[ThinkingBudget]) -> "RequestStream":
+        """`stream` for a sweep (see `sweep`): every setting's deltas, each tagged with its `setting` index, in
+        the order the engine produces them; each setting's last delta carries its Output."""
+        return RequestStream(self, self.add_sweep(prompt, params, budgets))
+
 
 class RequestStream(Iterator[StreamDelta]):
-    """One request's deltas. Other calls (generate) may advance it meanwhile: nothing is lost, the next
-    delta carries what they produced. An abandoned stream aborts its request, freeing its blocks."""
+    """One request's deltas (a sweep's: every setting's). Other calls (generate) may advance it meanwhile:
+    nothing is lost, the next delta carries what they produced. An abandoned stream aborts its request,
+    freeing its blocks."""
 
     def __init__(self, llm: LLM, request: Request):
         self.llm, self.request = llm, request
-        self.stream = OutputStream(request.seqs[0], llm.tokenizer, request.request_id)
+        settings = [None] if request.sweep is None else range(len(request.sweep))
+        self.streams = [OutputStream(request.seqs[0], llm.tokenizer, request.request_id, k) for k in settings]
         self.pending: list[StreamDelta] = []
+
+    def _deltas(self) -> list[StreamDelta]:
+        deltas = []
+        for stream in self.streams:
+            if stream.setting is not None:
+                stream.seq = self.request.seq_of_setting(stream.setting)
+            deltas += stream.deltas()
+        return deltas
 
     def __next__(self) -> StreamDelta:
         try:
-            while not self.pending and not self.stream.done:
+            while not self.pending and not all(stream.done for stream in self.streams):
                 if not self.request.is_finished:
                     self.llm.step()
-                self.pending = self.stream.deltas()
+                self.pending = self._deltas()
         except BaseException:
             self.close()
             raise

@@ -124,9 +124,8 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
         )
     except (ValueError, TypeError) as e:
         raise ApiError(str(e), param=param_of(str(e))) from None
-    if sweep and (params.n != 1 or stream):
-        raise ApiError("a thinking_budget list (a sweep) runs one unstreamed sample per setting: "
-                       f"n must be 1 and stream false, got n={params.n}, stream={str(stream).lower()}",
+    if sweep and params.n != 1:
+        raise ApiError(f"a thinking_budget list (a sweep) runs one sample per setting: n must be 1, got n={params.n}",
                        param="thinking_budget")
     per_prompt = len(sweep) if sweep else params.n
     if len(prompts) * per_prompt > MAX_CHOICES:

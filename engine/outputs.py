@@ -52,6 +52,7 @@ class StreamDelta:
     token_ids: list[int]  # the ids whose text this is (a final stop token comes with the last delta)
     output: Output | None = None  # set on the last delta, when the request has finished (a thinking delta
     # when it finished before thinking ended: no answer phase began)
+    setting: int = 0  # in a streamed sweep, the budget setting it belongs to
 
 
 class IncrementalDecoder:
@@ -122,10 +123,13 @@ def phase_chars(seq: Sequence, tokenizer: Tokenizer) -> tuple[int, int]:
 
 class OutputStream:
     """Turns one sequence's updates into deltas, holding back what may still change: thinking text that
-    could be the start of a spelled end marker, answer text that could be the start of a stop string."""
+    could be the start of a spelled end marker, answer text that could be the start of a stop string.
 
-    def __init__(self, seq: Sequence, tokenizer: Tokenizer, request_id: int):
-        self.seq, self.tokenizer, self.request_id = seq, tokenizer, request_id
+    A sweep setting's stream follows the setting: when a fork takes the setting over, `seq` is pointed at
+    the fork (`Request.seq_of_setting`), which holds the same tokens, so what was handed out stays valid."""
+
+    def __init__(self, seq: Sequence, tokenizer: Tokenizer, request_id: int, setting: int | None = None):
+        self.seq, self.tokenizer, self.request_id, self.setting = seq, tokenizer, request_id, setting
         self.decoder = IncrementalDecoder(tokenizer)
         self.sent_ids = 0  # output ids handed out
         self.sent_chars = {"thinking": 0, "answer": 0}
@@ -145,7 +149,7 @@ class OutputStream:
                 text = self.decoder.delta(output[:end])
                 if not text:  # a split character: wait for the rest, keeping phases apart
                     break
-                out.append(StreamDelta(phase, text, output[self.sent_ids : end]))
+                out.append(StreamDelta(phase, text, output[self.sent_ids : end], setting=self.setting or 0))
                 self.sent_ids = end
                 self.sent_chars[phase] += len(text)
         return out
@@ -171,16 +175,16 @@ class OutputStream:
     def _final(self) -> list[StreamDelta]:
         """Everything not yet handed out, the text now final (stop string cut, split characters flushed)."""
         self.done = True
-        output = make_output(self.seq, self.tokenizer, self.request_id)
+        output = make_output(self.seq, self.tokenizer, self.request_id, self.setting)
         ids = output.token_ids[self.sent_ids :]
         end = self.seq.thinking_end
         cut = len(ids) if end is None else max(0, end - self.sent_ids)
-        deltas = []
+        deltas, setting = [], self.setting or 0
         thinking = output.thinking_text[self.sent_chars["thinking"] :]
         if end is None:  # it finished while thinking: no answer phase began, the last delta is thinking's
-            return [StreamDelta("thinking", thinking, ids, output=output)]
+            return [StreamDelta("thinking", thinking, ids, output=output, setting=setting)]
         if thinking or ids[:cut]:
-            deltas.append(StreamDelta("thinking", thinking, ids[:cut]))
+            deltas.append(StreamDelta("thinking", thinking, ids[:cut], setting=setting))
         answer = output.text[len(output.thinking_text) + self.sent_chars["answer"] :]
-        deltas.append(StreamDelta("answer", answer, ids[cut:], output=output))
+        deltas.append(StreamDelta("answer", answer, ids[cut:], output=output, setting=setting))
         return deltas

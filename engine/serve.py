@@ -54,17 +54,22 @@ OPEN_ROUTES = ("/health", "/metrics")  # answered without the API key (probes an
 
 
 class ChoiceStream:
-    """One sample's stream chunks: thinking as `reasoning_content`/`reasoning`, the answer as `content`
-    (chat; the delimiter and any final-answer splice are left out, as in the whole response), or all of
-    it as `text` (completions)."""
+    """One sample's (or sweep setting's) stream chunks: thinking as `reasoning_content`/`reasoning`, the
+    answer as `content` (chat; the delimiter and any final-answer splice are left out, as in the whole
+    response), or all of it as `text` (completions)."""
 
-    def __init__(self, seq: Sequence, llm: LLM, request_id: int, index: int, api: ApiRequest, echo_text: str):
-        self.seq, self.llm, self.index, self.api, self.echo_text = seq, llm, index, api, echo_text
-        self.stream = OutputStream(seq, llm.tokenizer, request_id)
+    def __init__(self, seq: Sequence, llm: LLM, request_id: int, index: int, api: ApiRequest, echo_text: str,
+                 setting: int | None = None):
+        self.llm, self.index, self.api, self.echo_text = llm, index, api, echo_text
+        self.stream = OutputStream(seq, llm.tokenizer, request_id, setting)
         self.num_tokens = self.num_token_chars = 0  # handed out so far (tokens; completions: their texts' length)
         self.answer_chars = 0  # answer-phase characters seen (delimiter region included)
         self.delimiter_chars: int | None = None
         self.echoed = not api.echo
+
+    @property
+    def seq(self) -> Sequence:
+        return self.stream.seq
 
     def first(self) -> dict | None:
         return {"index": self.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -104,8 +109,10 @@ class ChoiceStream:
                     "logprobs": completion_logprobs(ids, logprobs, k, token_text, self.num_token_chars)}
             if body["logprobs"] is not None:
                 self.num_token_chars += sum(map(len, body["logprobs"]["tokens"]))
-        if delta.output is not None:
-            body["stop_reason"] = delta.output.stop_reason
+        if delta.output is not None:  # the last chunk: what the whole response's choice carries besides
+            out = delta.output
+            body |= {"stop_reason": out.stop_reason, "num_thinking_tokens": out.num_thinking_tokens,
+                     "num_ignores_used": out.num_ignores_used}
         self.num_tokens += len(ids)
         return body
 
@@ -184,13 +191,18 @@ class Job:
     def _stream(self, llm: LLM) -> None:
         choices = []
         for i, request in enumerate(self.requests):
-            for seq in request.samples():
-                index = i * self.api.params.n + seq.sample_index
+            if request.sweep is None:  # the samples, as their forks appear
+                targets = [(i * self.api.params.n + seq.sample_index, seq, None) for seq in request.samples()]
+            else:  # each setting, on whichever fork carries it now
+                width = len(request.sweep)
+                targets = [(i * width + k, request.seq_of_setting(k), k) for k in range(width)]
+            for index, seq, setting in targets:
                 if index not in self.streams:
                     self.streams[index] = ChoiceStream(seq, llm, request.request_id, index, self.api,
-                                                       self.echo_text(llm, i) if self.api.echo else "")
+                                                       self.echo_text(llm, i) if self.api.echo else "", setting)
                     first = self.streams[index].first()
                     choices += [first] if first else []
+                self.streams[index].stream.seq = seq
                 choices += self.streams[index].choices()
         for choice in choices:
             self.events.put(("chunk", chunk(self.api, self.head, [choice])))

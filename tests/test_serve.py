@@ -92,9 +92,13 @@ def test_chat_puts_thinking_in_reasoning_content_and_the_answer_in_content(serve
     assert plain["choices"][0]["message"]["reasoning_content"] is None
 
 
-@pytest.mark.parametrize("chat", [False, True])
-def test_streams_add_up_to_the_whole_response(server, chat):
-    body = {"temperature": 0.9, "seed": 7, "n": 2, "max_tokens": 30, "thinking_budget": BUDGET, "logprobs": 2}
+SWEEP = [{"max_tokens": 4, "final_answer_str": "Final Answer:"}, {"max_tokens": 12, "num_ignore": 1}, BUDGET]
+
+
+@pytest.mark.parametrize("chat,sweep", [(False, False), (True, False), (False, True), (True, True)])
+def test_streams_add_up_to_the_whole_response(server, chat, sweep):
+    body = {"temperature": 0.9, "seed": 7, "max_tokens": 30, "logprobs": 2}
+    body |= {"thinking_budget": SWEEP} if sweep else {"thinking_budget": BUDGET, "n": 2}
     if chat:
         body |= {"messages": MESSAGES, "logprobs": True, "top_logprobs": 2}
         path = "/v1/chat/completions"
@@ -109,6 +113,8 @@ def test_streams_add_up_to_the_whole_response(server, chat):
     for choice in whole["choices"]:
         parts = [c["choices"][0] for c in chunks[:-1] if c["choices"][0]["index"] == choice["index"]]
         assert [p["finish_reason"] for p in parts][-1] == choice["finish_reason"]
+        for key in ("stop_reason", "num_thinking_tokens", "num_ignores_used"):
+            assert parts[-1][key] == choice[key]
         assert all(p["finish_reason"] is None for p in parts[:-1])
         if chat:
             message = choice["message"]
@@ -477,9 +483,8 @@ def test_a_thinking_budget_list_is_a_sweep_equal_to_llm_sweep(server, s1_llm, ch
         assert choice["num_thinking_tokens"] == out.num_thinking_tokens
     assert len({c["num_thinking_tokens"] for c in reply["choices"]}) > 1  # the settings differ
     assert idle(server)["num_used_blocks"] == 0
-    for bad in ({"n": 2}, {"stream": True}):
-        status, answer = post(server, "/v1/completions", body | {"prompt": [5, 6, 7]} | bad)
-        assert status == 400 and "a sweep" in answer["error"]["message"]
+    status, answer = post(server, "/v1/completions", body | {"prompt": [5, 6, 7], "n": 2})
+    assert status == 400 and "a sweep" in answer["error"]["message"]
 
 
 def test_lm_eval_local_completions_runs_a_budget_forced_task_through_the_server(server, s1_llm, tmp_path, monkeypatch):

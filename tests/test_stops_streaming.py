@@ -172,3 +172,29 @@ def test_a_request_that_runs_out_while_thinking_streams_no_answer_phase(s1_llm):
     assert out.finish_reason == "length" and out.answer_text == "" and out.num_thinking_tokens == 6
     assert {d.phase for d in deltas} == {"thinking"}
     assert "".join(d.text for d in deltas) == out.text == out.thinking_text
+
+
+@pytest.mark.parametrize("think_format", ["s1", "r1"])
+def test_a_streamed_sweep_adds_up_to_each_setting_of_the_sweep(s1_llm, r1_llm, think_format):
+    from tests.test_shared_kv import random_settings  # the sweep tests' settings: caps, floors, ignores, zero caps
+
+    llm = s1_llm if think_format == "s1" else r1_llm
+    rng = __import__("random").Random(think_format)
+    for trial in range(3):
+        settings = random_settings(rng, 5)
+        params = SamplingParams(temperature=trial / 2, seed=trial, max_tokens=50, think_format=think_format,
+                                stop=["zz", " the"] if trial == 2 else None)
+        expected = llm.sweep([9, 10, 11, 12], params, settings, use_tqdm=False)[0]
+        deltas = list(llm.stream_sweep([9, 10, 11, 12], params, settings))
+        assert llm.stats()["num_used_blocks"] == 0
+        for k, out in enumerate(expected):
+            mine = [d for d in deltas if d.setting == k]
+            assert mine[-1].output is not None and all(d.output is None for d in mine[:-1])
+            got = mine[-1].output
+            assert (got.token_ids, got.text, got.num_thinking_tokens, got.finish_reason) == (
+                out.token_ids, out.text, out.num_thinking_tokens, out.finish_reason), settings[k]
+            check_stream(mine, out)
+            sent = ""
+            for d in mine:  # nothing handed out was taken back, across the setting's forks
+                sent += d.text
+                assert out.text.startswith(sent)
