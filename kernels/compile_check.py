@@ -27,7 +27,7 @@ HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE, HIDDEN, INTERMEDIATE, VOCAB = 12, 2, 128,
 
 
 def kernel_specs(t: str) -> dict[str, tuple]:
-    """name -> (jit function, {arg: type} for runtime args, {arg: value} for constexprs, num_warps), with
+    """name -> (jit function, {arg: type} for runtime args, {arg: value} for constexprs, launch options), with
     t the activations' and cache's type code; mirrors what each wrapper in this package launches."""
     from kernels import activation, decode_attention, extend_attention, rms_norm, rotary, sample, store_kv
     from kernels.paged_softmax import dot_precision
@@ -41,42 +41,45 @@ def kernel_specs(t: str) -> dict[str, tuple]:
                      dict(kv_ptr=f"*{t}", cache_ptr=f"*{t}", slot_ptr="*i64", stride_kv_t=i32, stride_kv_c=i32,
                           stride_kv_h=i32, stride_cache_c=i32, stride_cache_h=i32),
                      dict(NUM_KV_HEADS=KV_HEADS, HEAD_DIM=HEAD_DIM, BLOCK_R=triton.next_power_of_2(2 * KV_HEADS),
-                          BLOCK_D=block_d), 4),
+                          BLOCK_D=block_d), dict(num_warps=4)),
         "decode_attention (split)": (decode_attention._decode_split_kernel,
                                      dict(q_ptr=f"*{t}", cache_ptr=f"*{t}", tables_ptr="*i64", context_lens_ptr="*i64",
                                           part_out_ptr="*fp32", part_lse_ptr="*fp32", scale=f32, stride_q_b=i32,
                                           stride_q_h=i32, stride_cache_c=i32, stride_cache_h=i32, stride_cache_n=i32,
-                                          stride_table_b=i32, num_splits=i32, blocks_per_split=i32),
+                                          stride_table_b=i32, num_splits=i32, min_blocks_per_split=i32),
                                      dict(GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
                                           BLOCK_SIZE=BLOCK_SIZE, HEAD_DIM=HEAD_DIM, BLOCK_D=block_d,
-                                          DOT_PRECISION=precision), 4),
+                                          DOT_PRECISION=precision),
+                                     dict(num_warps=4, num_stages=decode_attention.NUM_STAGES)),
         "decode_attention (reduce)": (decode_attention._decode_reduce_kernel,
-                                      dict(part_out_ptr="*fp32", part_lse_ptr="*fp32", out_ptr=f"*{t}",
-                                           stride_out_b=i32, stride_out_h=i32, num_splits=i32),
-                                      dict(HEAD_DIM=HEAD_DIM, BLOCK_D=block_d, BLOCK_S=decode_attention.REDUCE_SPLITS), 4),
+                                      dict(part_out_ptr="*fp32", part_lse_ptr="*fp32", context_lens_ptr="*i64",
+                                           out_ptr=f"*{t}", stride_out_b=i32, stride_out_h=i32, num_splits=i32,
+                                           min_blocks_per_split=i32),
+                                      dict(BLOCK_SIZE=BLOCK_SIZE, HEAD_DIM=HEAD_DIM, BLOCK_D=block_d,
+                                           BLOCK_S=decode_attention.REDUCE_SPLITS), dict(num_warps=4)),
         "extend_attention": (extend_attention._extend_kernel,
                              dict(q_ptr=f"*{t}", cache_ptr=f"*{t}", tables_ptr="*i64", cu_seqlens_q_ptr="*i64",
                                   context_lens_ptr="*i64", out_ptr=f"*{t}", scale=f32, stride_q_t=i32, stride_q_h=i32,
                                   stride_out_t=i32, stride_out_h=i32, stride_cache_c=i32, stride_cache_h=i32,
                                   stride_cache_n=i32, stride_table_b=i32),
                              dict(GROUP=group, BLOCK_M=extend_attention.BLOCK_M, BLOCK_SIZE=BLOCK_SIZE,
-                                  HEAD_DIM=HEAD_DIM, BLOCK_D=block_d, DOT_PRECISION=precision), 4),
+                                  HEAD_DIM=HEAD_DIM, BLOCK_D=block_d, DOT_PRECISION=precision), dict(num_warps=4)),
         "add_rms_norm": (rms_norm._rms_norm_kernel,
                          dict(x_ptr=f"*{t}", residual_ptr=f"*{t}", weight_ptr=f"*{t}", out_ptr=f"*{t}",
                               summed_ptr=f"*{t}", stride_x=i32, stride_residual=i32, stride_out=i32,
                               stride_summed=i32, eps=f32),
-                         dict(HIDDEN=HIDDEN, BLOCK=triton.next_power_of_2(HIDDEN), HAS_RESIDUAL=True), 4),
+                         dict(HIDDEN=HIDDEN, BLOCK=triton.next_power_of_2(HIDDEN), HAS_RESIDUAL=True), dict(num_warps=4)),
         "rotary_": (rotary._rotary_kernel,
                     dict(x_ptr=f"*{t}", cos_sin_ptr="*fp32", stride_x_t=i32, stride_x_h=i32, stride_cs_t=i32),
                     dict(NUM_HEADS=HEADS + KV_HEADS, HALF=HEAD_DIM // 2,
-                         BLOCK_H=triton.next_power_of_2(HEADS + KV_HEADS), BLOCK_HALF=HEAD_DIM // 2), 4),
+                         BLOCK_H=triton.next_power_of_2(HEADS + KV_HEADS), BLOCK_HALF=HEAD_DIM // 2), dict(num_warps=4)),
         "silu_and_mul": (activation._silu_and_mul_kernel,
                          dict(x_ptr=f"*{t}", out_ptr=f"*{t}", stride_x=i32, stride_out=i32),
-                         dict(INTERMEDIATE=INTERMEDIATE, BLOCK=activation.BLOCK), 4),
+                         dict(INTERMEDIATE=INTERMEDIATE, BLOCK=activation.BLOCK), dict(num_warps=4)),
         "sample": (sample._sample_kernel,
                    dict(logits_ptr="*fp32", stride_row=i32, vocab_size=i32, temperature_ptr="*fp32", top_k_ptr="*i64",
                         top_p_ptr="*fp32", uniform_ptr="*fp64", masked_ptr="*i64", out_ptr="*i64"),
-                   dict(NUM_MASKED=2, BLOCK=min(sample.BLOCK, triton.next_power_of_2(VOCAB))), 8),
+                   dict(NUM_MASKED=2, BLOCK=min(sample.BLOCK, triton.next_power_of_2(VOCAB))), dict(num_warps=8)),
     }
 
 
@@ -92,16 +95,17 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
 
 def compile_all(arch: int, dtype: str) -> list[dict]:
     rows = []
-    for name, (fn, runtime, constexprs, num_warps) in kernel_specs(DTYPE_CODES[dtype]).items():
+    for name, (fn, runtime, constexprs, options) in kernel_specs(DTYPE_CODES[dtype]).items():
         signature = {arg: runtime.get(arg, "constexpr") for arg in fn.arg_names}
         missing = set(fn.arg_names) - set(runtime) - set(constexprs)
         if missing:
             raise ValueError(f"{name}: the check does not describe arguments {sorted(missing)}")
         compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": num_warps})
+                                  options=options)
         usage = resource_usage(compiled.asm["cubin"])
         rows.append(dict(kernel=name, registers=usage["REG"], spilled_bytes=usage["LOCAL"], stack=usage["STACK"],
-                         shared=compiled.metadata.shared, num_warps=num_warps))
+                         shared=compiled.metadata.shared, num_warps=options["num_warps"],
+                         num_stages=options.get("num_stages", 3)))
     return rows
 
 
@@ -116,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     rows = compile_all(args.arch, args.dtype)
     print(f"sm_{args.arch}, {args.dtype}: every kernel compiled")
-    print(f"{'kernel':<28}{'warps':>6}{'regs':>6}{'spilled B':>11}{'stack B':>9}{'shared B':>10}")
+    print(f"{'kernel':<28}{'warps':>6}{'stages':>7}{'regs':>6}{'spilled B':>11}{'stack B':>9}{'shared B':>10}")
     for r in rows:
-        print(f"{r['kernel']:<28}{r['num_warps']:>6}{r['registers']:>6}{r['spilled_bytes']:>11}{r['stack']:>9}{r['shared']:>10}")
+        print(f"{r['kernel']:<28}{r['num_warps']:>6}{r['num_stages']:>7}{r['registers']:>6}{r['spilled_bytes']:>11}"
+              f"{r['stack']:>9}{r['shared']:>10}")
     return 0
 
 

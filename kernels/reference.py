@@ -21,9 +21,11 @@ def _pages(kv_cache: torch.Tensor, table: torch.Tensor, length: int) -> tuple[to
 
 
 def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
-                     context_lens: torch.Tensor, blocks_per_split: int | None = None) -> torch.Tensor:
+                     context_lens: torch.Tensor, num_splits: int | None = None,
+                     min_blocks_per_split: int = 4) -> torch.Tensor:
     """One query token per sequence. q: [B, H, D]; block_tables: [B, max_blocks]; context_lens: [B]
-    (the query's own key included). Returns [B, H, D]. blocks_per_split only shapes the kernel's work."""
+    (the query's own key included). Returns [B, H, D]. num_splits and min_blocks_per_split only shape the
+    kernel's work."""
     out = torch.empty_like(q)
     for b in range(q.shape[0]):
         keys, values = _pages(kv_cache, block_tables[b], int(context_lens[b]))

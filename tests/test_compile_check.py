@@ -19,7 +19,7 @@ def test_every_kernel_compiles_for_sm90_without_spills(dtype):
     rows = {line[:28].strip(): line[28:].split() for line in lines[2:]}
     assert set(rows) == {"store_kv", "decode_attention (split)", "decode_attention (reduce)", "extend_attention",
                          "add_rms_norm", "rotary_", "silu_and_mul", "sample"}
-    for name, (warps, regs, spilled, stack, shared) in rows.items():
+    for name, (warps, stages, regs, spilled, stack, shared) in rows.items():
         assert int(spilled) == 0, f"{name} spills {spilled} bytes"
         assert 0 < int(regs) <= 255 and int(shared) < 228 * 1024, name
 
