@@ -41,9 +41,9 @@ KERNEL_SIZES = {
 }
 SAMPLER_SIZES = {False: dict(rows=64, vocab=151936), True: dict(rows=8, vocab=5000)}
 ENGINE_SIZES = {False: dict(prompt=128, new=128, batches=(1, 64), shapes=("qwen2.5-1.5b", "qwen2.5-0.5b"),
-                            nano_seqs=256, nano_len=(100, 1024), max_num_seqs=256),
+                            nano_seqs=256, nano_len=(100, 1024), max_num_seqs=256, batched_tokens=8192),
                 True: dict(prompt=8, new=4, batches=(1, 3), shapes=("tiny",), nano_seqs=4, nano_len=(4, 12),
-                           max_num_seqs=3)}
+                           max_num_seqs=3, batched_tokens=2048)}
 BUDGET_S = {False: 450.0, True: 600.0}  # the whole check; a GPU run must end inside a lent machine's 10-minute call
 MARK = "@gpu_check "  # a section's measurements on its stdout, one JSON object a line
 
@@ -102,6 +102,7 @@ def kernel_section(name: str, device: torch.device, dtype: torch.dtype, smoke: b
     num_blocks = s["seqs"] * blocks_per_seq
     cache = randn(2, kvh, num_blocks, bs, hd)
     tables = torch.randperm(num_blocks, device=device).view(s["seqs"], blocks_per_seq)
+    decode_tables = tables[:, : -(-s["context"] // bs)]  # as wide as the context, as the engine's eager tables
     lens = torch.full((s["seqs"],), s["context"], device=device)
     ext_lens = torch.full((4,), s["context"] + s["chunk"], device=device)
     cu = torch.arange(5, device=device) * s["chunk"]
@@ -115,7 +116,7 @@ def kernel_section(name: str, device: torch.device, dtype: torch.dtype, smoke: b
     sampler_args = sampler_inputs(SAMPLER_SIZES[smoke], device, gen)
     qk_work = qk.clone()
     cases = {  # name: (module, call, bytes moved at least)
-        "decode_attention": (decode_attention, lambda m: m.decode_attention(randq, cache, tables, lens),
+        "decode_attention": (decode_attention, lambda m: m.decode_attention(randq, cache, decode_tables, lens),
                              s["seqs"] * s["context"] * 2 * kvh * hd * elt),
         "extend_attention": (extend_attention, lambda m: m.extend_attention(randt, cache, tables[:4], cu, ext_lens, s["chunk"]),
                              4 * (s["context"] + s["chunk"]) * 2 * kvh * hd * elt),
@@ -140,13 +141,29 @@ def kernel_section(name: str, device: torch.device, dtype: torch.dtype, smoke: b
         error = f"{float((got.float() - want.float()).abs().max() / want.float().abs().max()):.1e}"
     emit(error=error)
     emit(seconds=timed(lambda: call(module), device, 1), bytes=nbytes)
+    if name == "extend_attention":  # compute-bound: its rate is FLOP/s (QK^T and PV of the causal chunk over its prefix)
+        c, ctx = s["chunk"], s["context"]
+        emit(flops=4 * 4 * heads * hd * (c * ctx + c * (c + 1) // 2))
+    if name == "decode_attention":  # the launch settings a GPU session picks from: each timed on the same inputs
+        emit(variants={f"{stages} stages, {programs} programs": _variant_seconds(decode_attention, call, device, stages, programs)
+                       for stages in (3, 5) for programs in (256, 1024)})
+
+
+def _variant_seconds(module, call, device: torch.device, stages: int, programs: int) -> float:
+    saved = module.NUM_STAGES, module.TARGET_PROGRAMS
+    module.NUM_STAGES, module.TARGET_PROGRAMS = stages, programs
+    try:
+        return timed(lambda: call(module), device, 1)
+    finally:
+        module.NUM_STAGES, module.TARGET_PROGRAMS = saved
 
 
 def sampler_inputs(size: dict, device: torch.device, gen: torch.Generator) -> tuple:
     """A decode batch's sampler call: a quarter greedy, a quarter plain draws, half top-k 50 + top-p 0.9;
-    every other row with one budget-masked id."""
+    every other row with one budget-masked id. Logits are bf16 values in fp32, as a bf16 model's head
+    gives them (the sampler then resolves 16 bits of each key, not 32)."""
     rows, vocab = size["rows"], size["vocab"]
-    logits = torch.randn(rows, vocab, generator=gen, device=device) * 4
+    logits = (torch.randn(rows, vocab, generator=gen, device=device) * 4).bfloat16().float()
     quarter = torch.arange(rows, device=device) * 4 // rows
     temperature = torch.where(quarter == 0, 0.0, 0.8)
     top_k = torch.where(quarter >= 2, 50, 0)
@@ -196,24 +213,32 @@ def workload(smoke: bool) -> tuple[dict[int, list[list[int]]], list[list[int]], 
     return decode, prompts, [rng.randint(lo, hi) for _ in prompts]
 
 
+def decode_rate(generate, batch: int, new: int, device: torch.device) -> float:
+    """Decode tokens/s with the prefill taken out: (new - 1) more tokens a sequence, over the time a run to
+    `new` tokens takes beyond a run to 1 token (both from an empty prefix cache)."""
+    return batch * (new - 1) / max(1e-9, _wall(lambda: generate(new), device) - _wall(lambda: generate(1), device))
+
+
 def engine_section(path: Path, device: torch.device, dtype: torch.dtype, smoke: bool, graphs: bool) -> None:
-    """Engine decode tokens/s per batch size (prefill + decode, over new tokens), and with graphs the
-    nano-vllm-style run."""
+    """Engine decode tokens/s per batch size (prefill excluded), and with graphs the nano-vllm-style run."""
     from engine import LLM, SamplingParams
     from engine.graphs import replay_eagerly
 
     s = ENGINE_SIZES[smoke]
     llm = LLM(model=path, device=device, dtype=dtype, kernels="triton", max_num_seqs=s["max_num_seqs"],
               num_blocks=None if device.type == "cuda" else 32,  # smoke: narrow static tables, a quicker interpreter
-              cuda_graphs=graphs and device.type == "cuda")
+              max_num_batched_tokens=s["batched_tokens"], cuda_graphs=graphs and device.type == "cuda")
     if graphs and device.type != "cuda":  # the CPU stand-in: the graphs' static buffers and padding, replayed eagerly
         llm.core.runner.capture_decode_graphs(s["max_num_seqs"], llm.max_model_len, capture=replay_eagerly)
     decode, nano_prompts, nano_lengths = workload(smoke)
     llm.generate(decode[s["batches"][0]][:1], SamplingParams(max_tokens=2, ignore_eos=True), use_tqdm=False)
     llm.reset_prefix_cache()  # the warm-up's prompt is the batch-1 run's: it must not start cached
     for batch, prompts in decode.items():
-        params = SamplingParams(max_tokens=s["new"], ignore_eos=True)
-        emit(**{f"decode_{batch}": batch * s["new"] / _wall(lambda: llm.generate(prompts, params, use_tqdm=False), device)})
+        def generate(new: int, prompts=prompts) -> None:
+            llm.reset_prefix_cache()
+            llm.generate(prompts, SamplingParams(max_tokens=new, ignore_eos=True), use_tqdm=False)
+
+        emit(**{f"decode_{batch}": decode_rate(generate, batch, s["new"], device)})
     if graphs:
         params = [SamplingParams(max_tokens=n, ignore_eos=True) for n in nano_lengths]
         emit(nano=sum(nano_lengths) / _wall(lambda: llm.generate(nano_prompts, params, use_tqdm=False), device))
@@ -232,9 +257,12 @@ def transformers_section(path: Path, device: torch.device, dtype: torch.dtype, s
     hf.generate(warm, attention_mask=torch.ones_like(warm), max_new_tokens=2, do_sample=False, pad_token_id=2)
     for batch, prompts in decode.items():
         ids = torch.tensor(prompts, device=device)
-        emit(**{f"decode_{batch}": batch * s["new"] / _wall(
-            lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=s["new"], min_new_tokens=s["new"],
-                                do_sample=False, pad_token_id=2), device)})
+
+        def generate(new: int, ids=ids) -> None:
+            hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                        do_sample=False, pad_token_id=2)
+
+        emit(**{f"decode_{batch}": decode_rate(generate, batch, s["new"], device)})
     width, longest = max(map(len, nano_prompts)), max(nano_lengths)
     ids = torch.tensor([[2] * (width - len(p)) + p for p in nano_prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in nano_prompts], device=device)
@@ -352,12 +380,22 @@ def main(argv: list[str] | None = None) -> int:
         out.write("", f"## GPU check: {copy.get('device', 'unknown device')}, {datetime.date.today()}, "
                       f"`python -m benchmarks.gpu_check{' --smoke' if args.smoke else ''}`", "",
                   f"Measured device copy: {fmt(bandwidth and bandwidth / 1e9)} GB/s.", "",
-                  f"| kernel | rel. error vs reference ({kernel_dtype}) | time us | GB/s | of copy |", "|---|---|---|---|---|")
+                  f"| kernel | rel. error vs reference ({kernel_dtype}) | time us | GB/s | of copy | TFLOP/s |",
+                  "|---|---|---|---|---|---|")
+        variants = {}
         for kernel in KERNELS:
             v = part(f"kernel:{kernel}")
             rate = v["bytes"] / v["seconds"] if "seconds" in v else None
+            flops = v["flops"] / v["seconds"] / 1e12 if "flops" in v and "seconds" in v else None
             out.write(f"| {kernel} | {v.get('error', 'failed')} | {fmt(v.get('seconds') and v['seconds'] * 1e6)} | "
-                      f"{fmt(rate and rate / 1e9)} | {fmt(rate and bandwidth and rate / bandwidth, '{:.0%}')} |")
+                      f"{fmt(rate and rate / 1e9)} | {fmt(rate and bandwidth and rate / bandwidth, '{:.0%}')} | "
+                      f"{fmt(flops, '{:.3g}')} |")
+            if kernel == "decode_attention":
+                variants = {label: v["bytes"] / seconds for label, seconds in v.get("variants", {}).items()}
+        if variants:
+            out.write("", "decode_attention launch settings (`NUM_STAGES`, `TARGET_PROGRAMS`), same inputs: " + "; ".join(
+                f"{label}: {rate / 1e9:.0f} GB/s ({fmt(bandwidth and rate / bandwidth, '{:.0%}')} of copy)"
+                for label, rate in variants.items()) + ".")
         out.write("", "| engine run | engine tok/s (graphs) | engine tok/s (eager) | transformers generate tok/s | "
                       "ratio (graphs) | of weight roofline |", "|---|---|---|---|---|---|")
         s = ENGINE_SIZES[args.smoke]
@@ -372,8 +410,10 @@ def main(argv: list[str] | None = None) -> int:
                 share = graphs[key] / roofline if key in graphs and roofline else None
                 out.write(f"| {shape} {label} | {fmt(graphs.get(key))} | {fmt(eager.get(key))} | {fmt(hf.get(key))} | "
                           f"{fmt(ratio, '{:.2f}x')} | {fmt(share, '{:.0%}')} |")
-    out.write("", "Decode runs prefill + decode (tok/s over new tokens). The nano-vllm run's transformers column is one "
-                  "left-padded batch run to the longest output, counting only the requested tokens.",
+    out.write("", "Decode rows exclude the prefill: the extra tokens of a run to "
+                  f"{s['new']} new tokens over the extra time it takes beyond a run to 1. The nano-vllm run's "
+                  "transformers column is one left-padded batch run to the longest output, counting only the "
+                  "requested tokens.",
               *(["", "Failed or skipped:", *(f"- {f}" for f in failures)] if failures else []), "")
     return 1 if failures else 0
 

@@ -21,6 +21,9 @@ def test_smoke_prints_and_appends_the_tables(tmp_path, capsys):
     assert len(errors) == 6 and max(errors) < 2e-3  # fp16 under the interpreter
     assert rows["sample"][0] == "0/8 tokens differ"
     assert all(float(rows[k][1]) > 0 for k in gpu_check.KERNELS)  # every kernel timed
+    assert float(rows["extend_attention"][4]) > 0 and rows["decode_attention"][4] == "-"  # TFLOP/s: extend only
+    settings = text.split("decode_attention launch settings", 1)[1].split("\n", 1)[0]
+    assert all(f"{s} stages, {p} programs: " in settings for s in (3, 5) for p in (256, 1024))
     for run in ("tiny decode, batch 1", "tiny decode, batch 3"):
         graphs, eager, hf, ratio, roofline = rows[run]
         assert float(graphs) > 0 and float(eager) > 0 and float(hf) > 0 and ratio.endswith("x") and roofline.endswith("%")
