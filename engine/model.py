@@ -59,8 +59,9 @@ class DecoderLayer(nn.Module):
         kv = qkv[:, heads:].view(num_tokens, 2, kv_heads, cfg.head_dim)
         attn = ops.attention(qkv[:, :heads], kv, kv_cache, meta)
         x, h = ops.proj_add_norm(x, attn.reshape(num_tokens, -1), self.o_proj, self.post_attention_norm, cfg.rms_norm_eps)
-        # fewer ops per layer is what counts on CPU: addmm folds the residual add into the matmul
-        return torch.addmm(x, ops.silu_and_mul(h @ self.gate_up_proj), self.down_proj.t())
+        # addmm folds the residual add into the matmul (fewer ops: what counts on CPU); in place into x (a
+        # fresh sum, no one else's) it also spares a GPU the copy of x into a new output first
+        return x.addmm_(ops.silu_and_mul(h @ self.gate_up_proj), self.down_proj.t())
 
 
 class DecoderModel(nn.Module):
@@ -72,9 +73,12 @@ class DecoderModel(nn.Module):
         self.norm = nn.Parameter(torch.empty(cfg.hidden_size), requires_grad=False)
         # The output head in both layouts: on CPU one fp32 row streams [in, out] ~1.7x faster than [out, in];
         # from two rows up, head @ x.T (the vocab as the GEMM's long side) beats x @ either layout by
-        # 1.5-3x. [out, in] is the embedding itself when tied.
+        # 1.5-3x there (vocab_major_head). A GPU takes x @ lm_head_t at any row count and writes the logits
+        # row-major, where the transposed product would cost a transposing copy of [rows, vocab] fp32.
+        # [out, in] is the embedding itself when tied.
         self.lm_head = None if cfg.tie_word_embeddings else _param(cfg.vocab_size, cfg.hidden_size)
         self.lm_head_t = _param(cfg.hidden_size, cfg.vocab_size)
+        self.vocab_major_head = True  # load_model sets it for the device
         # explicit cpu: the model may be built on the meta device, the rope table is computed, not loaded
         inv_freq = torch.tensor(cfg.rope_inv_freq(), dtype=torch.float64, device="cpu")
         positions = torch.arange(cfg.max_position_embeddings, dtype=torch.float64, device="cpu")
@@ -96,7 +100,7 @@ class DecoderModel(nn.Module):
         for layer, cache in zip(self.layers, kv_cache):
             x = layer.forward(x, freqs, cache, meta, self.ops)
         x = self.ops.rms_norm(x[logits_indices], self.norm, self.cfg.rms_norm_eps)
-        if len(x) == 1:
+        if len(x) == 1 or not self.vocab_major_head:
             return (x @ self.lm_head_t).float()
         head = self.embed_tokens.weight if self.lm_head is None else self.lm_head
         return (head @ x.t()).t().float()  # a transposed view: the sampler reads it as it is
@@ -118,6 +122,7 @@ def load_model(path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype)
         if value.shape != expected[name].shape:
             raise ValueError(f"tensor for {name} has shape {tuple(value.shape)}, the config implies {tuple(expected[name].shape)}")
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    model.vocab_major_head = device.type == "cpu"
     return model.to(device)
 
 

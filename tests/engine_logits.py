@@ -12,10 +12,13 @@ from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
 
 
-def engine_logits(model_dir: str | Path, token_ids: list[int], block_size: int = 16, chunk: int | None = None) -> torch.Tensor:
-    """[len(token_ids), vocab] fp32 logits; `chunk` splits the prompt into extends of that many tokens."""
+def engine_logits(model_dir: str | Path, token_ids: list[int], block_size: int = 16, chunk: int | None = None,
+                  vocab_major_head: bool = True) -> torch.Tensor:
+    """[len(token_ids), vocab] fp32 logits; `chunk` splits the prompt into extends of that many tokens;
+    vocab_major_head=False computes the output head as a GPU does (x @ head.T at every row count)."""
     cfg = ModelConfig.from_dir(model_dir)
     model = load_model(model_dir, cfg, torch.device("cpu"), torch.float32)
+    model.vocab_major_head = vocab_major_head
     num_blocks = -(-len(token_ids) // block_size) + 1
     runner = ModelRunner(model, cfg, num_blocks, block_size)
     blocks = BlockManager(num_blocks, block_size)

@@ -45,6 +45,7 @@ def test_tiny_model_logits_match_transformers(make_model, arch, overrides):
     assert rel_err(engine_logits(path, token_ids), expected) < 1e-4
     # prefill in chunks that straddle KV block boundaries (block size 8, chunks of 11)
     assert rel_err(engine_logits(path, token_ids, block_size=8, chunk=11), expected) < 1e-4
+    assert rel_err(engine_logits(path, token_ids, vocab_major_head=False), expected) < 1e-4  # a GPU's head layout
 
 
 def test_default_model_logits_match_transformers():
