@@ -66,6 +66,7 @@ def _sample_kernel(logits_ptr, stride_row, vocab_size, temperature_ptr, top_k_pt
             x, offs, valid, key = _scaled_tile(row_ptr, masked_ptr, start, vocab_size, inv_t, NUM_MASKED, BLOCK)
             total += tl.sum(tl.where(key >= kth_key, tl.exp(x - peak), 0.0).to(tl.float64), 0)
         nucleus_key = tl.full([], -1, tl.int64)  # keep keys > it
+        kept_mass = total  # without top-p the kept tokens are those the total summed, in the same order
         if top_p < 1.0:
             nucleus_key = tl.full([], 0, tl.int64)
             for i in range(key_bits):
@@ -76,11 +77,11 @@ def _sample_kernel(logits_ptr, stride_row, vocab_size, temperature_ptr, top_k_pt
                     keep = (key >= kth_key) & (key > candidate)
                     above += tl.sum(tl.where(keep, tl.exp(x - peak), 0.0).to(tl.float64), 0)
                 nucleus_key = tl.where(above >= top_p * total, candidate, nucleus_key)
-        kept_mass = tl.full([], 0.0, tl.float64)
-        for start in range(0, vocab_size, BLOCK):
-            x, offs, valid, key = _scaled_tile(row_ptr, masked_ptr, start, vocab_size, inv_t, NUM_MASKED, BLOCK)
-            keep = (key >= kth_key) & (key > nucleus_key)
-            kept_mass += tl.sum(tl.where(keep, tl.exp(x - peak), 0.0).to(tl.float64), 0)
+            kept_mass = tl.full([], 0.0, tl.float64)
+            for start in range(0, vocab_size, BLOCK):
+                x, offs, valid, key = _scaled_tile(row_ptr, masked_ptr, start, vocab_size, inv_t, NUM_MASKED, BLOCK)
+                keep = (key >= kth_key) & (key > nucleus_key)
+                kept_mass += tl.sum(tl.where(keep, tl.exp(x - peak), 0.0).to(tl.float64), 0)
         target = tl.load(uniform_ptr + row).to(tl.float64) * kept_mass
         running = tl.full([], 0.0, tl.float64)
         drawn = tl.full([], -1, tl.int64)
