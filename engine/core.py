@@ -143,7 +143,7 @@ class EngineCore:
             penalize(logits, expanded),
             [s.params for s in expanded],
             [s.generator for s in expanded],
-            [s.budget.masked_ids(s.num_output_tokens) if s.budget else frozenset() for s in expanded],
+            [b.masked_ids(s.num_output_tokens) if (b := s.budget) else frozenset() for s in expanded],
         )
         entries = {} if not asking else dict(zip(asking, logprob_entries(
             logprobs, [tokens[i] for i in asking], [expanded[i].params.logprobs for i in asking])))

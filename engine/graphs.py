@@ -52,10 +52,9 @@ class DecodeGraphs:
         device = kv_cache.device
         self.sizes = batch_sizes(max_num_seqs)
         n = self.sizes[-1]
-        self.input_ids = torch.zeros(n, dtype=torch.long, device=device)
-        self.positions = torch.zeros(n, dtype=torch.long, device=device)
-        self.slot_mapping = torch.full((n,), -1, dtype=torch.long, device=device)
-        self.context_lens = torch.ones(n, dtype=torch.long, device=device)
+        # token ids, positions, cache slots and context lengths: rows of one buffer, filled by one copy a step
+        self.step_inputs = torch.tensor([[0] * n, [0] * n, [-1] * n, [1] * n], dtype=torch.long, device=device)
+        self.input_ids, self.positions, self.slot_mapping, self.context_lens = self.step_inputs
         self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.long, device=device)
         rows = torch.arange(n + 1, device=device)
         # one logits buffer for every graph: each copies its output into the first rows, so no graph keeps
@@ -77,20 +76,17 @@ class DecodeGraphs:
     def max_batch(self) -> int:
         return self.sizes[-1]
 
-    def run(self, input_ids: list[int], positions: list[int], slots: list[int], tables: list[list[int]],
+    def run(self, input_ids: list[int], positions: list[int], slots: list[int], tables: torch.Tensor,
             context_lens: list[int]) -> torch.Tensor:
-        """Logits [len(input_ids), vocab] of one decode step, from the smallest graph that holds it."""
+        """Logits [len(input_ids), vocab] of one decode step, from the smallest graph that holds it; tables
+        is a CPU tensor [n, widest]."""
         n = len(input_ids)
         size = next(s for s in self.sizes if s >= n)
-        width = len(tables[0])
-        host = torch.tensor([input_ids, positions, slots, context_lens], dtype=torch.long)
-        self.input_ids[:n].copy_(host[0], non_blocking=True)
-        self.positions[:n].copy_(host[1], non_blocking=True)
-        self.slot_mapping[:n].copy_(host[2], non_blocking=True)
-        self.context_lens[:n].copy_(host[3], non_blocking=True)
-        self.block_tables[:n, :width].copy_(torch.tensor(tables, dtype=torch.long), non_blocking=True)
-        self.slot_mapping[n:size].fill_(-1)  # padded rows: no KV written, one key read
-        self.context_lens[n:size].fill_(1)
+        pad = size - n  # padded rows: no KV written (slot -1), one key read
+        host = torch.tensor([input_ids + [0] * pad, positions + [0] * pad, slots + [-1] * pad, context_lens + [1] * pad],
+                            dtype=torch.long)
+        self.step_inputs[:, :size].copy_(host, non_blocking=True)
+        self.block_tables[:n, : tables.shape[1]].copy_(tables, non_blocking=True)
         self.num_replays += 1
         return self._replays[size]()[:n]
 

@@ -17,7 +17,10 @@ class Request:
 
     @property
     def is_finished(self) -> bool:
-        return all(seq.is_finished for seq in self.seqs) and not any(seq.fork_seeds for seq in self.seqs)
+        for seq in self.seqs:  # a loop, not all() and any(): asked of every pending request every step
+            if not seq.is_finished or seq.fork_seeds:
+                return False
+        return True
 
     def samples(self) -> list[Sequence]:
         """The `n` samples in order."""

@@ -105,18 +105,21 @@ class Scheduler:
         bm = self.block_manager
         scheduled, copies = [], []
         candidates = deque(self.running)
+        free = bm.num_free_blocks
         while candidates:
             seq = candidates.popleft()
             end = len(seq)
             needed = bm.blocks_needed(seq, end)  # once a sequence a step: this loop runs over the whole batch
-            while needed > bm.num_free_blocks and candidates:
+            while needed > free and candidates:
                 self._preempt(candidates.pop())  # the newest gives way
-                needed = bm.blocks_needed(seq, end)  # it may have shared a block with this one
-            if needed > bm.num_free_blocks:
+                needed, free = bm.blocks_needed(seq, end), bm.num_free_blocks  # it may have shared a block
+            if needed > free:
                 self._preempt(seq)
+                free = bm.num_free_blocks
                 continue
             bm.allocate(seq, end, needed)
             copies += bm.prepare_write(seq, seq.num_cached_tokens, end)
+            free -= needed  # what allocate and prepare_write took: blocks_needed counts both
             scheduled.append(seq)
         if not scheduled:
             return None

@@ -76,7 +76,8 @@ class Sequence:
     @property
     def budget(self) -> BudgetState | None:
         """The budget state (in a sweep, every setting a sequence carries is in the same state)."""
-        return next(iter(self.settings.values()), None)
+        settings = self.settings
+        return next(iter(settings.values())) if settings else None
 
     @property
     def output_ids(self) -> list[int]:
