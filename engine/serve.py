@@ -385,6 +385,9 @@ class EngineLoop:
 
 class OpenAIServer(ThreadingHTTPServer):
     daemon_threads = True
+    # connections the kernel holds until accepted (socketserver's 5 reset most of a burst of clients: the
+    # accept loop shares the GIL with the engine thread); Linux caps it at net.core.somaxconn
+    request_queue_size = 1024
 
     def __init__(self, llm: LLM, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
                  quiet: bool = False, api_key: str | None = None, ssl_context: ssl.SSLContext | None = None):

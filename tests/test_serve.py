@@ -795,3 +795,24 @@ def test_which_errors_leave_the_gpu_broken(error, broken):
     from engine.serve import device_broken
 
     assert device_broken(error, torch.device("cpu")) is broken
+
+
+def test_a_burst_of_new_connections_is_served_not_reset(server):
+    """Clients connecting at once queue in the listen backlog (socketserver's default of 5 reset most of a
+    burst of 64 while the accept loop shared the GIL with the engine)."""
+    results, barrier = [], threading.Barrier(64)
+
+    def client(i: int) -> None:
+        barrier.wait()
+        try:
+            results.append(post(server, "/v1/completions", {"prompt": [5 + i % 7, 6], "max_tokens": 2, "temperature": 0})[0])
+        except OSError as e:  # a reset connection
+            results.append(type(e).__name__)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 64
+    assert idle(server)["num_used_blocks"] == 0
