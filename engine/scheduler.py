@@ -56,6 +56,8 @@ class Scheduler:
 
     def schedule(self) -> tuple[ScheduledBatch | None, list[Sequence]]:
         """The next batch, and the sequences that can never fit in the KV pool (to be failed)."""
+        while len(self.running) > self.max_num_seqs:  # forks (`n` samples, sweep branches) join the running
+            self._preempt(self.running[-1])  # set as they split off: past the limit the newest wait their turn
         batch, rejected = self._schedule_prefill()
         if batch is None and self.running:
             batch = self._schedule_decode()

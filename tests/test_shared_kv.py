@@ -205,3 +205,28 @@ def test_cumulative_logprob_sums_the_sampled_tokens_that_stayed(r1_llm):
     for out in outputs:
         total = sum(e[t] for t, e in zip(out.token_ids, out.logprobs) if e is not None)
         assert out.cumulative_logprob == pytest.approx(total, abs=1e-4)
+
+
+def test_forks_past_max_num_seqs_wait_their_turn(make_model):
+    """`n` samples and sweep branches join the running set when they split off; the ones past max_num_seqs
+    wait (their prompt blocks stay cached), so no step decodes more sequences than the limit."""
+    path = make_model("qwen2", seed=4)
+    small, large = LLM(model=path, block_size=8, max_num_seqs=4), LLM(model=path, block_size=8)
+    widest, schedule = [], small.core.scheduler.schedule
+
+    def watched():
+        batch, rejected = schedule()
+        widest.append(0 if batch is None else len(batch.seqs))
+        return batch, rejected
+
+    small.core.scheduler.schedule = watched
+    params = SamplingParams(n=6, max_tokens=12, ignore_eos=True)  # greedy: every sample the same tokens
+    outs, _ = computed(small, lambda: small.generate([prompt(20, seed=1), prompt(13, seed=2)], params, use_tqdm=False))
+    assert max(widest) == 4 and small.stats()["num_preemptions"] > 0
+    expected = large.generate([prompt(20, seed=1), prompt(13, seed=2)], params, use_tqdm=False)
+    assert [(o.sample_index, o.token_ids) for o in outs] == [(o.sample_index, o.token_ids) for o in expected]
+    caps = [ThinkingBudget(max_tokens=c, final_answer_str="Final Answer:") for c in (1, 3, 5, 7, 9, 11)]
+    widest.clear()
+    swept, _ = computed(small, lambda: small.sweep(prompt(20, seed=3), SamplingParams(max_tokens=30), caps, use_tqdm=False))
+    assert max(widest) <= 4
+    assert [o.token_ids for o in swept[0]] == [o.token_ids for o in large.sweep(prompt(20, seed=3), SamplingParams(max_tokens=30), caps, use_tqdm=False)[0]]
