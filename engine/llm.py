@@ -208,7 +208,8 @@ class LLM:
 
     def stats(self) -> dict[str, int]:
         """Counters since start: num_computed_tokens (forwarded through the model), num_cached_prompt_tokens
-        (prompt tokens served from the prefix cache), num_preemptions, num_used_blocks (held by live
+        (prompt tokens served from the prefix cache), num_preemptions (sequences sent back to wait, to be
+        recomputed: for KV room, or forks past max_num_seqs), num_used_blocks (held by live
         sequences), num_cached_blocks (full blocks reusable by key)."""
         return self.core.stats()
 

@@ -377,7 +377,7 @@ class EngineLoop:
             ("computed_tokens_total", "counter", "tokens forwarded through the model", stats["num_computed_tokens"]),
             ("cached_prompt_tokens_total", "counter", "prompt tokens taken from the prefix cache",
              stats["num_cached_prompt_tokens"]),
-            ("preemptions_total", "counter", "sequences preempted for KV room", stats["num_preemptions"]),
+            ("preemptions_total", "counter", "sequences preempted (for KV room, or forks past max_num_seqs)", stats["num_preemptions"]),
         ]
         return "".join(f"# HELP s1engine_{name} {text}\n# TYPE s1engine_{name} {kind}\ns1engine_{name} {value}\n"
                        for name, kind, text, value in rows)
