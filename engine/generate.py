@@ -1,4 +1,5 @@
-"""CLI: python -m engine.generate --prompt "..." [budget flags]. Streams thinking and answer apart."""
+"""CLI: python -m engine.generate --prompt "..." [budget flags]. Streams thinking and answer apart; several
+--max-thinking-tokens caps (32,64,128) run as one budget sweep, each cap's result printed in turn."""
 import argparse
 import os
 import re
@@ -29,8 +30,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-budget", action="store_true", help="plain generation: no thinking phase")
     p.add_argument("--min-thinking-tokens", type=int, default=0,
                    help="an end of thinking before this many tokens is replaced by --ignore-str (default: 0)")
-    p.add_argument("--max-thinking-tokens", type=int, default=None,
-                   help="cap: at this many thinking tokens the end delimiter is spliced (default: none)")
+    p.add_argument("--max-thinking-tokens", type=_caps, default=None,
+                   help="cap: at this many thinking tokens the end delimiter is spliced (default: none); "
+                        "several, comma-separated (32,64,128), run as one budget sweep: the thinking they share "
+                        "is computed once")
     p.add_argument("--num-ignore", type=int, default=0, help="times to replace end-of-thinking with --ignore-str")
     p.add_argument("--ignore-str", default="Wait", help="spliced in place of an ignored end (default: Wait)")
     p.add_argument("--final-answer-str", default=None, help='spliced after the delimiter at the cap, e.g. "Final Answer:"')
@@ -58,18 +61,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_params(args: argparse.Namespace) -> SamplingParams:
-    budget = None
-    if not args.no_budget:
-        budget = ThinkingBudget(
-            min_tokens=args.min_thinking_tokens,
-            max_tokens=args.max_thinking_tokens,
-            num_ignore=args.num_ignore,
-            ignore_str=args.ignore_str,
-            final_answer_str=args.final_answer_str,
-            max_answer_tokens=args.max_answer_tokens,
-            suppress=args.suppress,
-        )
+def _caps(text: str) -> list[int]:
+    try:
+        return [int(cap) for cap in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an integer or comma-separated integers (32,64,128), got {text!r}") from None
+
+
+def build_budgets(args: argparse.Namespace) -> list[ThinkingBudget]:
+    """One budget per --max-thinking-tokens cap (one without a cap when none is given); none with --no-budget."""
+    if args.no_budget:
+        return []
+    return [ThinkingBudget(min_tokens=args.min_thinking_tokens, max_tokens=cap, num_ignore=args.num_ignore,
+                           ignore_str=args.ignore_str, final_answer_str=args.final_answer_str,
+                           max_answer_tokens=args.max_answer_tokens, suppress=args.suppress)
+            for cap in args.max_thinking_tokens or [None]]
+
+
+def build_params(args: argparse.Namespace, budget: ThinkingBudget | None) -> SamplingParams:
     return SamplingParams(
         temperature=args.temperature,
         top_p=args.top_p,
@@ -115,12 +124,13 @@ def _not_utf8(text: str) -> str | None:
 
 def generate(args: argparse.Namespace) -> int:
     try:
-        params = build_params(args)
+        budgets = build_budgets(args)
+        params = build_params(args, budgets[0] if budgets else None)
         resolve_dtype(args.dtype, resolve_device(args.device))  # before stdin is read
     except ValueError as e:
         print(f"error: {_as_flags(str(e))}", file=sys.stderr)
         return 2
-    budget = params.budget
+    budget = max(budgets, key=lambda b: max(b.min_tokens, b.max_tokens or 0), default=None)
     if budget is not None and max(budget.min_tokens, budget.max_tokens or 0) >= args.max_tokens:
         print(f"warning: thinking may use all --max-tokens {args.max_tokens} (--min-thinking-tokens {budget.min_tokens}, "
               f"--max-thinking-tokens {budget.max_tokens}): the answer may never start", file=sys.stderr)
@@ -148,6 +158,8 @@ def generate(args: argparse.Namespace) -> int:
             prompt = llm.chat_prompt(messages, params)
         else:
             prompt = question
+        if len(budgets) > 1:
+            return _print_sweep(llm.sweep(prompt, params, budgets, use_tqdm=False)[0], budgets, start, color)
         for delta in llm.stream(prompt, params):
             if delta.phase != phase and (delta.text or delta.output is not None):  # an empty answer still gets its header
                 phase = delta.phase
@@ -160,12 +172,30 @@ def generate(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
-    print(
-        f"\n\n-- thinking tokens: {output.num_thinking_tokens} | answer tokens: {output.num_answer_tokens}"
-        f" | ignores: {output.num_ignores_used} | finish: {output.finish_reason}"
-        f" | {len(output.token_ids)} tokens in {seconds:.1f} s, prefill included: {len(output.token_ids) / seconds:.1f} tokens/s",
-        file=sys.stderr,
-    )
+    print(f"\n\n-- {_summary(output)} | {len(output.token_ids)} tokens in {seconds:.1f} s, prefill included: "
+          f"{len(output.token_ids) / seconds:.1f} tokens/s", file=sys.stderr)
+    return 0
+
+
+def _summary(output) -> str:
+    return (f"thinking tokens: {output.num_thinking_tokens} | answer tokens: {output.num_answer_tokens}"
+            f" | ignores: {output.num_ignores_used} | finish: {output.finish_reason}")
+
+
+def _print_sweep(outputs: list, budgets: list[ThinkingBudget], start: float, color: bool) -> int:
+    """Each cap's thinking and answer in turn, with its summary; then the sweep's tokens and time."""
+    for budget, output in zip(budgets, outputs):
+        if output.error is not None:
+            print(f"error: {output.error}", file=sys.stderr)
+            return 2
+        thinking = f"{DIM}{output.thinking_text}{RESET}" if color else output.thinking_text
+        print(f"\n=== --max-thinking-tokens {budget.max_tokens}\n[thinking]\n{thinking}\n[answer]\n"
+              f"{output.text[len(output.thinking_text):]}", flush=True)
+        print(f"-- {_summary(output)}", file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.token_ids) for o in outputs)
+    print(f"\n-- {len(outputs)} caps, {tokens} tokens between them in {seconds:.1f} s (their shared thinking "
+          "computed once)", file=sys.stderr)
     return 0
 
 
