@@ -82,10 +82,10 @@ class DecodeGraphs:
         is a CPU tensor [n, widest]."""
         n = len(input_ids)
         size = next(s for s in self.sizes if s >= n)
-        pad = size - n  # padded rows: no KV written (slot -1), one key read
+        pad = self.sizes[-1] - n  # padded rows: no KV written (slot -1), one key read; the whole buffer is one
         host = torch.tensor([input_ids + [0] * pad, positions + [0] * pad, slots + [-1] * pad, context_lens + [1] * pad],
-                            dtype=torch.long)
-        self.step_inputs[:, :size].copy_(host, non_blocking=True)
+                            dtype=torch.long)  # contiguous copy (a slice of its rows is not contiguous)
+        self.step_inputs.copy_(host, non_blocking=True)
         self.block_tables[:n, : tables.shape[1]].copy_(tables, non_blocking=True)
         self.num_replays += 1
         return self._replays[size]()[:n]

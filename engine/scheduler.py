@@ -68,12 +68,16 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         bm = self.block_manager
         i = 0  # the waiting sequence looked at: those that wait for a block this batch computes are passed over
-        while i < len(self.waiting) and budget > 0 and len(self.running) + len(seqs) < self.max_num_seqs:
+        taken = len(self.running)  # sequences running after this step, forks included
+        while i < len(self.waiting) and budget > 0 and taken < self.max_num_seqs:
             seq = self.waiting[i]
             if len(seq) > bm.num_blocks * bm.block_size:
                 rejected.append(seq)
                 del self.waiting[i]
                 continue
+            width = 1 + len(seq.fork_seeds)  # its `n` samples fork at its first sample and run beside it
+            if taken and taken + width > self.max_num_seqs:
+                break  # it waits for room (alone it is let in even past the limit: n above max_num_seqs)
             first, end = seq.prompt_logit_span
             compute_from = first if first < end else len(seq) - 1  # owed prompt logits are computed, not matched
             bm.match_prefix(seq, compute_from=compute_from)
@@ -92,6 +96,7 @@ class Scheduler:
             computing.update(bm.pending_keys(seq, seq.num_cached_tokens + n))
             seqs.append(seq)
             num_tokens.append(n)
+            taken += width
             budget -= n
             del self.waiting[i]
             if n < seq.num_uncached_tokens:  # the rest of this prompt goes in the next chunk, first in line: it

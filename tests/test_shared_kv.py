@@ -207,9 +207,26 @@ def test_cumulative_logprob_sums_the_sampled_tokens_that_stayed(r1_llm):
         assert out.cumulative_logprob == pytest.approx(total, abs=1e-4)
 
 
+def test_a_batch_of_max_num_seqs_prompts_is_let_in_at_once(make_model):
+    """Admission counted each sequence it let in twice (in the running set and in the batch being built), so
+    a fresh batch took log2(max_num_seqs) prefill steps to fill."""
+    llm = LLM(model=make_model("qwen2", seed=4), block_size=8, max_num_seqs=8)
+    sizes, schedule = [], llm.core.scheduler.schedule
+
+    def watched():
+        batch, rejected = schedule()
+        sizes.append((batch.is_prefill, len(batch.seqs)))
+        return batch, rejected
+
+    llm.core.scheduler.schedule = watched
+    computed(llm, lambda: llm.generate([prompt(5, seed=40 + i) for i in range(8)], SamplingParams(max_tokens=2), use_tqdm=False))
+    assert sizes[0] == (True, 8)
+
+
 def test_forks_past_max_num_seqs_wait_their_turn(make_model):
     """`n` samples and sweep branches join the running set when they split off; the ones past max_num_seqs
-    wait (their prompt blocks stay cached), so no step decodes more sequences than the limit."""
+    wait (their prompt blocks stay cached), so no step decodes more sequences than the limit; a prompt is let
+    in with room for its samples, so the step they fork in samples no more rows than the limit either."""
     path = make_model("qwen2", seed=4)
     small, large = LLM(model=path, block_size=8, max_num_seqs=4), LLM(model=path, block_size=8)
     widest, schedule = [], small.core.scheduler.schedule
@@ -230,3 +247,9 @@ def test_forks_past_max_num_seqs_wait_their_turn(make_model):
     swept, _ = computed(small, lambda: small.sweep(prompt(20, seed=3), SamplingParams(max_tokens=30), caps, use_tqdm=False))
     assert max(widest) <= 4
     assert [o.token_ids for o in swept[0]] == [o.token_ids for o in large.sweep(prompt(20, seed=3), SamplingParams(max_tokens=30), caps, use_tqdm=False)[0]]
+    rows, sampler = [], small.core.sampler.sample_fn
+    small.core.sampler.sample_fn = lambda logits, *args: rows.append(len(logits)) or sampler(logits, *args)
+    prompts = [prompt(9 + i, seed=10 + i) for i in range(4)]
+    params = SamplingParams(n=3, max_tokens=5, temperature=1.0, seed=3)
+    outs, _ = computed(small, lambda: small.generate(prompts, params, use_tqdm=False))
+    assert max(rows) <= 4 and [o.token_ids for o in outs] == [o.token_ids for o in large.generate(prompts, params, use_tqdm=False)]
