@@ -215,8 +215,13 @@ def workload(smoke: bool) -> tuple[dict[int, list[list[int]]], list[list[int]], 
 
 def decode_rate(generate, batch: int, new: int, device: torch.device) -> float:
     """Decode tokens/s with the prefill taken out: (new - 1) more tokens a sequence, over the time a run to
-    `new` tokens takes beyond a run to 1 token (both from an empty prefix cache)."""
-    return batch * (new - 1) / max(1e-9, _wall(lambda: generate(new), device) - _wall(lambda: generate(1), device))
+    `new` tokens takes beyond a run to 1 token (both from an empty prefix cache), after an untimed run to 1
+    token at this batch size (first-use costs of its shapes)."""
+    generate(1)
+    extra = _wall(lambda: generate(new), device) - _wall(lambda: generate(1), device)
+    if extra <= 0:
+        raise RuntimeError(f"a run to {new} tokens took no longer than a run to 1 ({extra:.3g} s): no decode rate")
+    return batch * (new - 1) / extra
 
 
 def engine_section(path: Path, device: torch.device, dtype: torch.dtype, smoke: bool, graphs: bool) -> None:

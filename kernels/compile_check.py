@@ -1,11 +1,11 @@
 """Compile every kernel for a GPU architecture on a machine without one, and report what the cubin uses.
 
-    python -m kernels.compile_check [--arch 90] [--dtype bfloat16]
+    python -m kernels.compile_check [--arch 90] [--dtype bfloat16] [--block-size 16]
 
 Triton's compiler and the ptxas it ships need no GPU, so this proves the compiled path builds (bf16
 tl.dot included, which the interpreter cannot run) and shows each kernel's registers, spills (local
 memory) and shared memory, read back with the cuobjdump Triton ships. Shapes are the engine's on
-Qwen2.5-1.5B: 12 query heads over 2 KV heads of 128 dims, 16-token blocks, hidden 1536, MLP 8960,
+Qwen2.5-1.5B: 12 query heads over 2 KV heads of 128 dims, 16-token blocks (or --block-size), hidden 1536, MLP 8960,
 vocabulary 151936. Pointer alignment is not specialised here (a launch may get a faster variant).
 """
 import argparse
@@ -23,10 +23,11 @@ from triton.compiler import ASTSource
 
 ARCHS = (75, 80, 86, 89, 90, 100, 120)
 DTYPE_CODES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
-HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE, HIDDEN, INTERMEDIATE, VOCAB = 12, 2, 128, 16, 1536, 8960, 151936
+HEADS, KV_HEADS, HEAD_DIM, HIDDEN, INTERMEDIATE, VOCAB = 12, 2, 128, 1536, 8960, 151936
+ELEMENT_SIZES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
-def kernel_specs(t: str) -> dict[str, tuple]:
+def kernel_specs(t: str, block_size: int = 16) -> dict[str, tuple]:
     """name -> (jit function, {arg: type} for runtime args, {arg: value} for constexprs, launch options), with
     t the activations' and cache's type code; mirrors what each wrapper in this package launches."""
     from kernels import activation, decode_attention, extend_attention, rms_norm, rotary, sample, store_kv
@@ -48,21 +49,21 @@ def kernel_specs(t: str) -> dict[str, tuple]:
                                           stride_q_h=i32, stride_cache_c=i32, stride_cache_h=i32, stride_cache_n=i32,
                                           stride_table_b=i32, num_splits=i32, min_blocks_per_split=i32),
                                      dict(GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-                                          BLOCK_SIZE=BLOCK_SIZE, HEAD_DIM=HEAD_DIM, BLOCK_D=block_d,
+                                          BLOCK_SIZE=block_size, HEAD_DIM=HEAD_DIM, BLOCK_D=block_d,
                                           DOT_PRECISION=precision),
-                                     dict(num_warps=4, num_stages=decode_attention.NUM_STAGES)),
+                                     dict(num_warps=4, num_stages=decode_attention.num_stages(block_size, HEAD_DIM, ELEMENT_SIZES[t]))),
         "decode_attention (reduce)": (decode_attention._decode_reduce_kernel,
                                       dict(part_out_ptr="*fp32", part_lse_ptr="*fp32", context_lens_ptr="*i64",
                                            out_ptr=f"*{t}", stride_out_b=i32, stride_out_h=i32, num_splits=i32,
                                            min_blocks_per_split=i32),
-                                      dict(BLOCK_SIZE=BLOCK_SIZE, HEAD_DIM=HEAD_DIM, BLOCK_D=block_d,
+                                      dict(BLOCK_SIZE=block_size, HEAD_DIM=HEAD_DIM, BLOCK_D=block_d,
                                            BLOCK_S=decode_attention.REDUCE_SPLITS), dict(num_warps=4)),
         "extend_attention": (extend_attention._extend_kernel,
                              dict(q_ptr=f"*{t}", cache_ptr=f"*{t}", tables_ptr="*i64", cu_seqlens_q_ptr="*i64",
                                   context_lens_ptr="*i64", out_ptr=f"*{t}", scale=f32, stride_q_t=i32, stride_q_h=i32,
                                   stride_out_t=i32, stride_out_h=i32, stride_cache_c=i32, stride_cache_h=i32,
                                   stride_cache_n=i32, stride_table_b=i32),
-                             dict(GROUP=group, BLOCK_M=extend_attention.BLOCK_M, BLOCK_SIZE=BLOCK_SIZE,
+                             dict(GROUP=group, BLOCK_M=extend_attention.BLOCK_M, BLOCK_SIZE=block_size,
                                   HEAD_DIM=HEAD_DIM, BLOCK_D=block_d, DOT_PRECISION=precision), dict(num_warps=4)),
         "add_rms_norm": (rms_norm._rms_norm_kernel,
                          dict(x_ptr=f"*{t}", residual_ptr=f"*{t}", weight_ptr=f"*{t}", out_ptr=f"*{t}",
@@ -93,9 +94,9 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", text.split("Function", 1)[1])}
 
 
-def compile_all(arch: int, dtype: str) -> list[dict]:
+def compile_all(arch: int, dtype: str, block_size: int = 16) -> list[dict]:
     rows = []
-    for name, (fn, runtime, constexprs, options) in kernel_specs(DTYPE_CODES[dtype]).items():
+    for name, (fn, runtime, constexprs, options) in kernel_specs(DTYPE_CODES[dtype], block_size).items():
         signature = {arg: runtime.get(arg, "constexpr") for arg in fn.arg_names}
         missing = set(fn.arg_names) - set(runtime) - set(constexprs)
         if missing:
@@ -114,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, default=90, choices=ARCHS,
                         help="compute capability x 10 (80: A100, 89: L4/L40, 90: H100/H200, 100: B200)")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_CODES), help="activations' and KV cache's dtype")
+    parser.add_argument("--block-size", type=int, default=16, choices=(16, 32, 64, 128), help="KV cache block (page) size")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the check compiles, the interpreter does not")
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    rows = compile_all(args.arch, args.dtype)
-    print(f"sm_{args.arch}, {args.dtype}: every kernel compiled")
+    rows = compile_all(args.arch, args.dtype, args.block_size)
+    print(f"sm_{args.arch}, {args.dtype}, {args.block_size}-token blocks: every kernel compiled")
     print(f"{'kernel':<28}{'warps':>6}{'stages':>7}{'regs':>6}{'spilled B':>11}{'stack B':>9}{'shared B':>10}")
     for r in rows:
         print(f"{r['kernel']:<28}{r['num_warps']:>6}{r['num_stages']:>7}{r['registers']:>6}{r['spilled_bytes']:>11}"

@@ -20,9 +20,16 @@ from kernels.paged_softmax import attend_page, dot_precision
 TARGET_PROGRAMS = 1024  # (sequence, head, split) programs: several per SM, loads enough in flight to hide latency
 MIN_BLOCKS_PER_SPLIT = 4
 REDUCE_SPLITS = 16  # splits pass 2 merges at a time
-# software-pipelining depth of the page loop: at 3 (Triton's default) sm_90 keeps one page in flight and
-# waits for it every iteration; 5 double-buffers the page (compiled with Triton 3.6 for sm_90)
+# software-pipelining depth of the page loop: at 3 (Triton's default) Triton 3.6 for sm_90 keeps one page
+# in flight and waits for it every iteration; at 5 it double-buffers the page's K and V in shared memory,
+# which large pages cannot afford (fp32 pages of 128 tokens would need 278 KB): those keep 3
 NUM_STAGES = 5
+PIPELINED_PAGE_BYTES = 32 << 10  # K + V of a page, at most, for NUM_STAGES (bf16: 64 tokens of 128 dims)
+
+
+def num_stages(block_size: int, head_dim: int, element_size: int) -> int:
+    """The page loop's pipelining depth for pages of this size."""
+    return NUM_STAGES if 2 * block_size * head_dim * element_size <= PIPELINED_PAGE_BYTES else 3
 
 
 @triton.jit
@@ -124,7 +131,7 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), block_tables.stride(0),
         num_splits, min_blocks_per_split, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype),
-        num_stages=NUM_STAGES)
+        num_stages=num_stages(block_size, head_dim, kv_cache.element_size()))
     out = torch.empty_like(q)
     _decode_reduce_kernel[(num_seqs, num_heads)](
         part_out, part_lse, context_lens, out, out.stride(0), out.stride(1), num_splits, min_blocks_per_split,
