@@ -189,8 +189,9 @@ def _print_sweep(outputs: list, budgets: list[ThinkingBudget], start: float, col
             print(f"error: {output.error}", file=sys.stderr)
             return 2
         thinking = f"{DIM}{output.thinking_text}{RESET}" if color else output.thinking_text
-        print(f"\n=== --max-thinking-tokens {budget.max_tokens}\n[thinking]\n{thinking}\n[answer]\n"
-              f"{output.text[len(output.thinking_text):]}", flush=True)
+        answer = output.text[len(output.thinking_text):]  # empty when the cap's run ended while thinking
+        print(f"\n=== --max-thinking-tokens {budget.max_tokens}" + (f"\n[thinking]\n{thinking}" if thinking else "")
+              + (f"\n[answer]\n{answer}" if answer else ""), flush=True)
         print(f"-- {_summary(output)}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start
     tokens = sum(len(o.token_ids) for o in outputs)

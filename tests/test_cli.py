@@ -40,6 +40,10 @@ def test_cli_runs_several_caps_as_one_sweep(make_model, capsys):
     assert [b.split("\n", 1)[0] for b in blocks] == ["4", "9", "15"]
     for block, o in zip(blocks, expected):
         assert f"[thinking]\n{o.thinking_text}\n[answer]\n{o.text[len(o.thinking_text):]}" in block
+    code = main(["--model", str(path), "--no-chat", "--prompt", "How many r are in raspberry?", "--max-thinking-tokens",
+                 "4,9", "--min-thinking-tokens", "3", "--num-ignore", "4", "--max-tokens", "6"])
+    out = capsys.readouterr().out
+    assert code == 0 and "[answer]" not in out.split("=== --max-thinking-tokens 9")[1]  # ran out while thinking
     assert [line for line in err.splitlines() if line.startswith("-- thinking")] == [
         f"-- thinking tokens: {o.num_thinking_tokens} | answer tokens: {o.num_answer_tokens} | ignores: "
         f"{o.num_ignores_used} | finish: {o.finish_reason}" for o in expected]
