@@ -397,8 +397,7 @@ class RequestStream(Iterator[StreamDelta]):
     def _deltas(self) -> list[StreamDelta]:
         deltas = []
         for stream in self.streams:
-            if stream.setting is not None:
-                stream.seq = self.request.seq_of_setting(stream.setting)
+            stream.follow(self.request)
             deltas += stream.deltas()
         return deltas
 

@@ -135,6 +135,11 @@ class OutputStream:
         self.sent_chars = {"thinking": 0, "answer": 0}
         self.done = False
 
+    def follow(self, request) -> None:
+        """A sweep setting's stream: point at the sequence that carries the setting now (no-op otherwise)."""
+        if self.setting is not None:
+            self.seq = request.seq_of_setting(self.setting)
+
     def deltas(self) -> list[StreamDelta]:
         if self.done:
             return []

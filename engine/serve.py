@@ -202,7 +202,7 @@ class Job:
                                                        self.echo_text(llm, i) if self.api.echo else "", setting)
                     first = self.streams[index].first()
                     choices += [first] if first else []
-                self.streams[index].stream.seq = seq
+                self.streams[index].stream.follow(request)
                 choices += self.streams[index].choices()
         for choice in choices:
             self.events.put(("chunk", chunk(self.api, self.head, [choice])))
