@@ -60,8 +60,7 @@ class EngineCore:
                 self.scheduler.add(branch)
 
     def abort(self, request: Request) -> None:
-        for seq in request.seqs:
-            seq.fork_seeds = []
+        for seq in list(request.seqs):  # _finish adds the samples of a prompt aborted before they forked
             if not seq.is_finished:
                 self._finish(seq, "abort")
         self.requests.pop(request.request_id, None)

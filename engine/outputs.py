@@ -66,12 +66,14 @@ class IncrementalDecoder:
         self.tokenizer = tokenizer
         self.prefix = self.read = 0  # the window starts at `prefix`; text up to `read` is handed out
 
-    def delta(self, token_ids: list[int]) -> str:
+    def delta(self, token_ids: list[int], final: bool = False) -> str:
+        """The text `token_ids` add; with `final` no later id can complete a split character (the text
+        ends there for good: thinking that has ended), so it is handed out as it decodes."""
         if len(token_ids) <= self.read:
             return ""
         before = self.tokenizer.decode(token_ids[self.prefix : self.read])
         after = self.tokenizer.decode(token_ids[self.prefix :])
-        if after.endswith("\ufffd"):
+        if after.endswith("\ufffd") and not final:
             return ""
         self.prefix, self.read = self.read, len(token_ids)
         return after[len(before) :]
@@ -151,8 +153,10 @@ class OutputStream:
         thinking_end = stable if seq.thinking_end is None else min(seq.thinking_end, stable)
         for phase, end in (("thinking", thinking_end), ("answer", stable)):
             if end > self.sent_ids:
-                text = self.decoder.delta(output[:end])
-                if not text:  # a split character: wait for the rest, keeping phases apart
+                # thinking that has ended is final: a character its last token leaves split stays split
+                final = phase == "thinking" and end == seq.thinking_end
+                text = self.decoder.delta(output[:end], final)
+                if not text and not final:  # a split character: wait for the rest, keeping phases apart
                     break
                 out.append(StreamDelta(phase, text, output[self.sent_ids : end], setting=self.setting or 0))
                 self.sent_ids = end

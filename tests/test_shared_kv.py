@@ -103,6 +103,17 @@ def test_n_samples_equal_requests_with_consecutive_seeds(s1_llm, temperature):
         assert len({tuple(o.token_ids) for o in outs[:4]}) > 1
 
 
+def test_an_n_request_aborted_before_its_samples_fork_gives_n_aborted_outputs(s1_llm):
+    for steps in (0, 1):  # queued, or its prompt half prefilled
+        request = s1_llm.add_request(prompt(40, seed=5), SamplingParams(n=3, max_tokens=8))
+        for _ in range(steps):
+            s1_llm.step()
+        s1_llm.abort(request)
+        outs = s1_llm.outputs(request)
+        assert [(o.sample_index, o.finish_reason) for o in outs] == [(0, "abort"), (1, "abort"), (2, "abort")]
+        assert request.is_finished and not s1_llm.has_unfinished() and s1_llm.stats()["num_used_blocks"] == 0
+
+
 def test_unseeded_samples_differ(s1_llm):
     outs = s1_llm.generate(prompt(9), SamplingParams(temperature=1.0, max_tokens=12, n=3, ignore_eos=True),
                            use_tqdm=False)

@@ -174,6 +174,28 @@ def test_a_request_that_runs_out_while_thinking_streams_no_answer_phase(s1_llm):
     assert "".join(d.text for d in deltas) == out.text == out.thinking_text
 
 
+def test_thinking_cut_inside_a_character_does_not_hold_back_the_answer(s1_llm, monkeypatch):
+    """A cap can end thinking on the first byte of a character; the answer still streams token by token."""
+    tok = s1_llm.tokenizer
+    split = tok.encode_piece("你好")[0]
+    assert tok.decode([split]).endswith("\ufffd")
+    script = iter([tok.encode_piece(" a")[0], split] + tok.encode_piece(" one two three four five six"))
+    sample = s1_llm.core.sampler.sample_fn
+
+    def scripted(logits, *args):  # the one row takes the script's next token, masks and all
+        forced = torch.full_like(logits, -30.0)
+        forced[:, next(script, split)] = 0.0
+        return sample(forced, *args)
+
+    monkeypatch.setattr(s1_llm.core.sampler, "sample_fn", scripted)
+    params = SamplingParams(max_tokens=12, budget=ThinkingBudget(max_tokens=2))
+    deltas = list(s1_llm.stream([5, 6, 7], params))
+    out = deltas[-1].output
+    assert out.thinking_text.endswith("\ufffd") and out.num_thinking_tokens == 2 and " one two" in out.answer_text
+    check_stream(deltas, out)
+    assert sum(d.phase == "answer" and d.output is None for d in deltas) >= 4  # not one delta at the end
+
+
 @pytest.mark.parametrize("think_format", ["s1", "r1"])
 def test_a_streamed_sweep_adds_up_to_each_setting_of_the_sweep(s1_llm, r1_llm, think_format):
     from tests.test_shared_kv import random_settings  # the sweep tests' settings: caps, floors, ignores, zero caps
