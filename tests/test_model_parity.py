@@ -52,3 +52,17 @@ def test_default_model_logits_match_transformers():
     path = default_model_dir()
     token_ids = torch.randint(0, 49152, (40,), generator=torch.Generator().manual_seed(3)).tolist()
     assert rel_err(engine_logits(path, token_ids, chunk=17), hf_logits(path, token_ids)) < 1e-4
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_half_precision_head_is_held_once(make_model, tied):
+    """In half precision the [in, out] head is a view of the [out, in] one: cast (or moved to a GPU) apart,
+    it would be a second copy of the largest tensor."""
+    from engine.config import ModelConfig
+    from engine.model import load_model
+
+    path = make_model("qwen2", tie_word_embeddings=tied)  # an fp32 checkpoint
+    model = load_model(path, ModelConfig.from_dir(path), torch.device("cpu"), torch.bfloat16)
+    head = model.embed_tokens.weight if tied else model.lm_head
+    assert model.lm_head_t.dtype == torch.bfloat16 and model.lm_head_t.data_ptr() == head.data_ptr()
+    assert torch.equal(model.lm_head_t, head.t())
