@@ -131,9 +131,9 @@ class Job:
     """One HTTP request's work on the engine thread: its engine requests, and events for its handler:
     ("started" | "chunk" | "response" | "error" | "done", payload)."""
 
-    def __init__(self, api: ApiRequest, model: str):
+    def __init__(self, api: ApiRequest, model: str, events=None):
         self.api, self.head = api, header(api.chat, model)
-        self.events: queue.Queue = queue.Queue()
+        self.events = queue.Queue() if events is None else events  # anything with put(): run_batch tags them
         self.requests: list[Request] = []
         self.streams: dict[int, ChoiceStream] = {}
         self.usage: dict | None = None  # set when it has finished

@@ -1,0 +1,233 @@
+"""OpenAI's batch file format, run offline on one engine:
+
+    python -m engine.run_batch -i requests.jsonl -o results.jsonl [engine flags]
+
+Each input line is a request of OpenAI's Batch API, `{"custom_id": "q1", "method": "POST", "url":
+"/v1/chat/completions", "body": {...}}` (or "/v1/completions"), its body as `engine.serve` takes it:
+`thinking_budget` (a cap, an object, or a list: a sweep), `think_format`, `n`, `seed` and the rest. The
+requests run together, as the server runs requests that arrive at once. Each result line is `{"id",
+"custom_id", "response": {"status_code", "request_id", "body"}, "error": null}`, the body the server's
+response, or its error (`{"error": {...}}`, status 400 or 404) for a request at fault while the others run.
+
+Results are appended as requests finish, so a run that is stopped loses nothing it wrote: the same
+command again keeps those results, runs the rest (and any that failed on the engine's side, status 5xx),
+and the finished file holds one line per request in the input's order.
+"""
+import argparse
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from engine.engine_args import add_engine_args, llm_from_args
+from engine.jsonl import read_objects
+from engine.llm import LLM
+from engine.openai_protocol import ApiError, parse_request
+from engine.serve import CLIENT_POLL_SECONDS, ROUTES, EngineLoop, Job
+
+LINE_FIELDS = {"custom_id", "method", "url", "body"}
+
+
+class BatchFileError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class BatchLine:
+    custom_id: str
+    chat: bool
+    body: dict
+
+
+def read_batch(path: Path) -> list[BatchLine]:
+    """The input's requests; a line that is not one (no custom_id, a repeated one, another url) is an
+    error naming path:line, before any model loads."""
+    if not path.is_file():
+        raise BatchFileError(f"no input file {path}")
+    lines, seen = [], {}
+    for line_no, record in read_objects(path, BatchFileError):
+        where = f"{path}:{line_no}"
+        custom_id = record.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            raise BatchFileError(f"{where}: custom_id must be a non-empty string, got {custom_id!r}")
+        if custom_id in seen:
+            raise BatchFileError(f"{where}: custom_id {custom_id!r} is also line {seen[custom_id]}'s; each must be unique")
+        if set(record) - LINE_FIELDS:
+            raise BatchFileError(f"{where}: unknown field(s) {sorted(set(record) - LINE_FIELDS)}; a line has "
+                                 f"{', '.join(sorted(LINE_FIELDS))}")
+        if record.get("method", "POST") != "POST":
+            raise BatchFileError(f"{where}: method must be POST, got {record['method']!r}")
+        if record.get("url") not in ROUTES:
+            raise BatchFileError(f"{where}: url must be one of {', '.join(ROUTES)}, got {record.get('url')!r}")
+        if not isinstance(record.get("body"), dict):
+            raise BatchFileError(f"{where}: body must be a JSON object (the request), got {record.get('body')!r:.60}")
+        seen[custom_id] = line_no
+        lines.append(BatchLine(custom_id, ROUTES[record["url"]], record["body"]))
+    if not lines:
+        raise BatchFileError(f"{path} holds no requests")
+    return lines
+
+
+def earlier_results(path: Path, custom_ids: set[str]) -> dict[str, dict]:
+    """The results an earlier run wrote to `path`, but for engine-side failures (5xx: run again). A torn
+    last line (a run killed while writing it) is dropped; any other line that is not a result of this
+    input's requests means `path` is not this batch's output: an error, so nothing of it is overwritten."""
+    if not path.exists():
+        return {}
+    rows = path.read_bytes().splitlines()
+    results = {}
+    for line_no, raw in enumerate(rows, 1):
+        try:
+            row = json.loads(raw)
+            custom_id, status = row["custom_id"], row["response"]["status_code"]
+            if not isinstance(custom_id, str) or not isinstance(status, int):
+                raise TypeError
+        except (ValueError, TypeError, KeyError):
+            if line_no == len(rows):
+                continue
+            raise BatchFileError(f"{path}:{line_no}: not a result line; is this the output of another "
+                                 "program? (give another -o)") from None
+        if custom_id not in custom_ids:
+            raise BatchFileError(f"{path}:{line_no}: a result for {custom_id!r}, which the input does not "
+                                 "request: it is another batch's output (give another -o)")
+        if status < 500:
+            results[custom_id] = row
+    return results
+
+
+def write_results(path: Path, rows: list[dict]) -> None:
+    """Replace `path` with these result lines at once (never a half-written file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def result_row(custom_id: str, outcome: dict | ApiError) -> dict:
+    error = isinstance(outcome, ApiError)
+    return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
+            "response": {"status_code": outcome.status if error else 200, "request_id": uuid.uuid4().hex,
+                         "body": outcome.body() if error else outcome},
+            "error": None}
+
+
+class Tagged:
+    """A job's event sink that tags each event with the job's line, into one queue for all jobs."""
+
+    def __init__(self, line: BatchLine, sink: queue.Queue):
+        self.line, self.sink = line, sink
+
+    def put(self, event: tuple[str, object]) -> None:
+        self.sink.put((self.line, event))
+
+
+def run_lines(llm: LLM, model_name: str, lines: list[BatchLine], window: int) -> Iterator[tuple[BatchLine, dict]]:
+    """(line, result row) for each line as it finishes, at most `window` requests queued at a time (each
+    engine step visits every queued one)."""
+    loop, events = EngineLoop(llm), queue.Queue()
+    todo, in_flight = iter(lines), {}
+    try:
+        while True:
+            while len(in_flight) < window and (line := next(todo, None)) is not None:
+                try:
+                    api = parse_request(line.body, line.chat, model_name, llm.max_model_len)
+                    if api.stream:
+                        raise ApiError("stream=true does not apply to a batch: results come whole", param="stream")
+                except ApiError as e:
+                    yield line, result_row(line.custom_id, e)
+                    continue
+                in_flight[line.custom_id] = line
+                loop.submit(Job(api, model_name, Tagged(line, events)))
+            if not in_flight:
+                return
+            try:
+                line, (kind, payload) = events.get(timeout=CLIENT_POLL_SECONDS)
+            except queue.Empty:
+                if loop.thread.is_alive() or not events.empty():  # it may have put events before it ended
+                    continue
+                # a broken GPU ended the thread, which failed the jobs it held; the rest fail alike
+                error = ApiError("the engine thread has stopped", 503, kind="server_error")
+                for line in [*in_flight.values(), *todo]:
+                    yield line, result_row(line.custom_id, error)
+                return
+            if kind in ("response", "error"):
+                del in_flight[line.custom_id]
+                yield line, result_row(line.custom_id, payload)
+    finally:
+        loop.stop()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m engine.run_batch", description=__doc__.split("\n\n")[0],
+                                epilog="Result lines and resuming: see the module's docstring.")
+    p.add_argument("-i", "--input", required=True, help="JSONL of OpenAI batch requests")
+    p.add_argument("-o", "--output", required=True,
+                   help="JSONL of results; an earlier run's file is resumed (its results kept, the rest run)")
+    p.add_argument("--served-model-name", default=None,
+                   help="the `model` request bodies may name (default: the model dir's name)")
+    p.add_argument("--window", type=int, default=1024, help="requests queued in the engine at once (default 1024)")
+    add_engine_args(p)
+    args = p.parse_args(argv)
+    if args.window < 1:
+        p.error(f"--window must be positive, got {args.window}")
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        lines = read_batch(Path(args.input))
+        out = Path(args.output)
+        done = earlier_results(out, {line.custom_id for line in lines})
+        pending = [line for line in lines if line.custom_id not in done]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_results(out, [done[line.custom_id] for line in lines if line.custom_id in done])
+        if done:
+            print(f"resuming: {len(done)} of {len(lines)} requests have results in {out}", file=sys.stderr)
+        llm = llm_from_args(args) if pending else None
+    except (ValueError, TypeError, OSError) as e:  # a bad file, a bad model dir or engine flag
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if pending:
+        model_name = args.served_model_name or llm.model_dir.name
+        with out.open("a", encoding="utf-8") as f, tqdm(total=len(pending), unit="request") as bar:
+            for line, row in run_lines(llm, model_name, pending, args.window):
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                done[line.custom_id] = row
+                bar.update()
+    rows = [done[line.custom_id] for line in lines]
+    write_results(out, rows)
+    statuses = Counter(row["response"]["status_code"] for row in rows)
+    print(f"{len(rows)} results in {out}: " + ", ".join(f"{n} x {status}" for status, n in sorted(statuses.items())),
+          file=sys.stderr)
+    if any(status >= 500 for status in statuses):
+        print("requests that failed on the engine's side run again when the same command is run again", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if threading.current_thread() is threading.main_thread():  # a job scheduler's stop ends it as Ctrl-C does
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: what was written to {args.output} is kept; the same command resumes", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())
