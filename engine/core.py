@@ -87,16 +87,22 @@ class EngineCore:
             self._finish(seq, "error")
         if batch is None:
             return rejected
-        sampling = [batch.seqs[i] for i in batch.sampling]
-        logits = self._take_prompt_logprobs(batch, self.runner.run(batch))
-        for seq, n in zip(batch.seqs, batch.num_tokens):
-            seq.num_cached_tokens += n
-            self.block_manager.commit(seq)
-            if seq.finish_after_prefill is not None and not seq.num_uncached_tokens:
-                self._finish(seq, seq.finish_after_prefill)
-        self.num_computed_tokens += sum(batch.num_tokens)
-        if sampling:
-            self._sample(sampling, logits)
+        first_new_id = self._next_seq_id
+        try:
+            sampling = [batch.seqs[i] for i in batch.sampling]
+            logits = self._take_prompt_logprobs(batch, self.runner.run(batch))
+            for seq, n in zip(batch.seqs, batch.num_tokens):
+                seq.num_cached_tokens += n
+                self.block_manager.commit(seq)
+                if seq.finish_after_prefill is not None and not seq.num_uncached_tokens:
+                    self._finish(seq, seq.finish_after_prefill)
+            self.num_computed_tokens += sum(batch.num_tokens)
+            if sampling:
+                self._sample(sampling, logits)
+        except BaseException:  # an error or Ctrl-C part-way: whoever drives the engine may go on with the rest
+            forks = [s for s in (*self.scheduler.running, *self.scheduler.waiting) if s.seq_id >= first_new_id]
+            self.scheduler.recompute(batch.seqs + forks)
+            raise
         return batch.seqs + rejected
 
     def _take_prompt_logprobs(self, batch: ScheduledBatch, logits: torch.Tensor) -> torch.Tensor:

@@ -228,3 +228,41 @@ def test_interrupted_generate_frees_its_requests_and_the_engine_goes_on(llm, mon
     llm.core.block_manager.check_all_free()
     again = llm.generate([[5, 6, 7], [8, 9]], params, use_tqdm=False)
     assert [o.token_ids for o in again] == [o.token_ids for o in expected]
+
+
+@pytest.mark.parametrize("where", ["forward", "sampler"])
+def test_a_step_interrupted_part_way_leaves_the_other_requests_whole(llm, monkeypatch, where):
+    """Ctrl-C in generate in a step that planned copy-on-write copies for another caller's n samples (the
+    forward never ran), or once their forward ran and before they sampled: that request still gives the
+    tokens it gives uninterrupted (sampling draws no number for greedy rows, so nothing moved on)."""
+    prompt = list(range(100, 121))  # block size 8: the samples share a partial last block
+    params = SamplingParams(max_tokens=12, n=3, ignore_eos=True, seed=1,
+                            temperature=1.0 if where == "forward" else 0.0, top_k=5)
+    expected = [o.token_ids for o in llm.generate(prompt, params, use_tqdm=False)]
+    llm.reset_prefix_cache()
+    request = llm.add_request(prompt, params)  # someone else's: a stream, a server job
+    run, sample, calls = llm.core.runner.run, llm.core.sampler.sample_fn, []
+
+    def forward(batch):
+        if batch.copies and not calls:
+            calls.append(batch.copies)
+            raise KeyboardInterrupt
+        return run(batch)
+
+    def sampler(*args):
+        calls.append(1)
+        if len(calls) == 2:  # the first decode step, its forward done and its tokens counted
+            raise KeyboardInterrupt
+        return sample(*args)
+
+    if where == "forward":
+        monkeypatch.setattr(llm.core.runner, "run", forward)
+    else:
+        monkeypatch.setattr(llm.core.sampler, "sample_fn", sampler)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate([5, 6, 7], SamplingParams(max_tokens=5), use_tqdm=False)
+    assert calls
+    while llm.has_unfinished():
+        llm.step()
+    assert [o.token_ids for o in llm.outputs(request)] == expected
+    llm.core.block_manager.check_all_free()
