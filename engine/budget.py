@@ -40,7 +40,9 @@ class ThinkingBudget:
             raise ValueError(
                 f"ThinkingBudget.min_tokens ({self.min_tokens}) is above max_tokens ({self.max_tokens})"
             )
-        if not isinstance(self.ignore_str, str) or (self.can_ignore and not self.ignore_str):
+        if not isinstance(self.ignore_str, str):
+            raise ValueError(f"ThinkingBudget.ignore_str must be a string, got {self.ignore_str!r}")
+        if self.can_ignore and not self.ignore_str:
             raise ValueError(
                 "ThinkingBudget.ignore_str must be a non-empty string when an end of thinking can be ignored "
                 f"(num_ignore={self.num_ignore}, min_tokens={self.min_tokens}), got {self.ignore_str!r}"

@@ -68,6 +68,8 @@ def test_an_empty_ignore_string_is_rejected_when_an_ignore_can_happen(budget):
     with pytest.raises(ValueError, match="ignore_str must be a non-empty string"):
         ThinkingBudget(ignore_str="", **budget)
     ThinkingBudget(ignore_str="", max_tokens=5)  # no ignore can happen: fine
+    with pytest.raises(ValueError, match=r"ignore_str must be a string, got None$"):  # not "when an end..."
+        ThinkingBudget(ignore_str=None, max_tokens=5)
 
 
 @pytest.fixture(scope="module")
