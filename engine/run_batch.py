@@ -77,14 +77,19 @@ def read_batch(path: Path) -> list[BatchLine]:
     return lines
 
 
-def earlier_results(path: Path, custom_ids: set[str]) -> dict[str, dict]:
-    """The results an earlier run wrote to `path`, but for engine-side failures (5xx: run again). A torn
-    last line (a run killed while writing it) is dropped; any other line that is not a result of this
-    input's requests means `path` is not this batch's output: an error, so nothing of it is overwritten."""
+def earlier_results(path: Path, custom_ids: set[str]) -> tuple[dict[str, dict], int]:
+    """(results by custom_id, results dropped) of what an earlier run wrote to `path`: engine-side
+    failures (5xx) are dropped to run again, and results of requests the input no longer holds. A last
+    line cut short (a run killed while writing it: no newline at its end) is dropped. A file that holds
+    anything else, or results but none of this input's requests, is not this batch's output: an error, so
+    nothing of it is overwritten."""
     if not path.exists():
-        return {}
-    rows = path.read_bytes().splitlines()
-    results = {}
+        return {}, 0
+    if not path.is_file():
+        raise BatchFileError(f"{path} is not a regular file; give a file path as -o")
+    data = path.read_bytes()
+    rows = data.splitlines()
+    results, matched, foreign = {}, 0, 0
     for line_no, raw in enumerate(rows, 1):
         try:
             row = json.loads(raw)
@@ -92,16 +97,20 @@ def earlier_results(path: Path, custom_ids: set[str]) -> dict[str, dict]:
             if not isinstance(custom_id, str) or not isinstance(status, int):
                 raise TypeError
         except (ValueError, TypeError, KeyError):
-            if line_no == len(rows):
+            if line_no == len(rows) and matched and not data.endswith(b"\n"):
                 continue
-            raise BatchFileError(f"{path}:{line_no}: not a result line; is this the output of another "
-                                 "program? (give another -o)") from None
+            raise BatchFileError(f"{path}:{line_no}: not a result line, so {path} is not this batch's output "
+                                 "(give another -o)") from None
         if custom_id not in custom_ids:
-            raise BatchFileError(f"{path}:{line_no}: a result for {custom_id!r}, which the input does not "
-                                 "request: it is another batch's output (give another -o)")
+            foreign += 1
+            continue
+        matched += 1
         if status < 500:
             results[custom_id] = row
-    return results
+    if foreign and not matched:
+        raise BatchFileError(f"{path} holds results, none of them for this input's requests: it is another "
+                             "batch's output (give another -o)")
+    return results, foreign
 
 
 def write_results(path: Path, rows: list[dict]) -> None:
@@ -166,8 +175,8 @@ def run_lines(llm: LLM, model_name: str, lines: list[BatchLine], window: int) ->
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m engine.run_batch", description=__doc__.split("\n\n")[0],
-                                epilog="Result lines and resuming: see the module's docstring.")
+    p = argparse.ArgumentParser(prog="python -m engine.run_batch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--input", required=True, help="JSONL of OpenAI batch requests")
     p.add_argument("-o", "--output", required=True,
                    help="JSONL of results; an earlier run's file is resumed (its results kept, the rest run)")
@@ -183,18 +192,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        lines = read_batch(Path(args.input))
-        out = Path(args.output)
-        done = earlier_results(out, {line.custom_id for line in lines})
+        source = Path(args.input)
+        lines = read_batch(source)
+        out = Path(args.output).resolve()  # a link's target is written, not the link replaced by a file
+        if out.exists() and out.samefile(source):
+            raise BatchFileError(f"-o {args.output} is the input file; give another path for the results")
+        done, dropped = earlier_results(out, {line.custom_id for line in lines})
         pending = [line for line in lines if line.custom_id not in done]
+        llm = llm_from_args(args) if pending else None
         out.parent.mkdir(parents=True, exist_ok=True)
         write_results(out, [done[line.custom_id] for line in lines if line.custom_id in done])
-        if done:
-            print(f"resuming: {len(done)} of {len(lines)} requests have results in {out}", file=sys.stderr)
-        llm = llm_from_args(args) if pending else None
     except (ValueError, TypeError, OSError) as e:  # a bad file, a bad model dir or engine flag
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if dropped:
+        print(f"dropped {dropped} result(s) in {out} of requests the input no longer holds", file=sys.stderr)
+    if done:
+        print(f"resuming: {len(done)} of {len(lines)} requests have results in {out}", file=sys.stderr)
     if pending:
         model_name = args.served_model_name or llm.model_dir.name
         with out.open("a", encoding="utf-8") as f, tqdm(total=len(pending), unit="request") as bar:
@@ -216,16 +230,26 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if threading.current_thread() is threading.main_thread():  # a job scheduler's stop ends it as Ctrl-C does
-        signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C and a job scheduler's stop (SIGTERM; `timeout` sends it twice) end the run once: a second
+    # signal while the engine thread stops would leave it running as the interpreter exits (an abort)
+    handling = threading.current_thread() is threading.main_thread()
+    before = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS} if handling else {}
     try:
         return run(args)
     except KeyboardInterrupt:
         print(f"\ninterrupted: what was written to {args.output} is kept; the same command resumes", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _interrupt(signum, frame) -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

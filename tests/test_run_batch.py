@@ -121,10 +121,52 @@ def test_a_bad_line_fails_the_file_before_the_model_loads(tmp_path, capsys, reco
     assert code == 2 and error in capsys.readouterr().err and not (tmp_path / "out.jsonl").exists()
 
 
-def test_another_batchs_output_is_refused_and_left_alone(tmp_path, capsys):
+@pytest.mark.parametrize("theirs, error", [
+    ('{"custom_id": "q9", "response": {"status_code": 200, "body": {}}}\n', "none of them for this input's"),
+    ('{"model_type": "llama"}\n', "out.jsonl:1: not a result line"),  # one line, whole: not a torn result
+    ('{"model_type": "llama"}', "out.jsonl:1: not a result line"),  # cut short, but nothing before it matched
+    ("notes\n" * 3, "out.jsonl:1: not a result line"),
+])
+def test_a_file_that_is_not_this_batchs_output_is_refused_and_left_alone(tmp_path, capsys, theirs, error):
     write(tmp_path / "in.jsonl", LINES[:2])
-    theirs = '{"custom_id": "q9", "response": {"status_code": 200, "body": {}}}\n'
     (tmp_path / "out.jsonl").write_text(theirs)
     code = run_batch.main(["-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")])
-    assert code == 2 and "a result for 'q9', which the input does not request" in capsys.readouterr().err
+    assert code == 2 and error in capsys.readouterr().err
     assert (tmp_path / "out.jsonl").read_text() == theirs
+
+
+def test_the_input_is_never_the_output(tmp_path, capsys):
+    write(tmp_path / "in.jsonl", LINES[:1])
+    before = (tmp_path / "in.jsonl").read_text()
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "in.jsonl")
+    for out in ("in.jsonl", "link.jsonl"):
+        code = run_batch.main(["-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / out)])
+        assert code == 2 and "is the input file" in capsys.readouterr().err
+    assert (tmp_path / "in.jsonl").read_text() == before
+
+
+def test_a_failed_start_leaves_the_output_as_it_was(tmp_path, capsys):
+    write(tmp_path / "in.jsonl", LINES[:2])
+    torn = json.dumps(run_batch.result_row("chat", {"choices": []})) + "\n" + '{"id": "batch_req_1", "cus'
+    (tmp_path / "out.jsonl").write_text(torn)
+    code = run_batch.main(["-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+                           "--model", str(tmp_path / "no-model")])
+    assert code == 2 and "no-model" in capsys.readouterr().err and (tmp_path / "out.jsonl").read_text() == torn
+
+
+def test_a_renamed_request_runs_and_the_old_result_is_dropped(llm, monkeypatch, tmp_path, capsys):
+    run(llm, monkeypatch, tmp_path, LINES[:2])
+    first = results(tmp_path / "out.jsonl")
+    renamed = [LINES[0], {**LINES[1], "custom_id": "text-v2"}]
+    code, ran = run(llm, monkeypatch, tmp_path, renamed)
+    assert code == 0 and ran == ["text-v2"] and "dropped 1 result" in capsys.readouterr().err
+    rows = results(tmp_path / "out.jsonl")
+    assert [r["custom_id"] for r in rows] == ["chat", "text-v2"] and rows[0] == first[0]
+
+
+def test_a_linked_output_writes_its_target(llm, monkeypatch, tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "results" / "out.jsonl")
+    code, _ = run(llm, monkeypatch, tmp_path, LINES[:2], out="link.jsonl")
+    assert code == 0 and (tmp_path / "link.jsonl").is_symlink()
+    assert [r["custom_id"] for r in results(tmp_path / "results" / "out.jsonl")] == ["chat", "text"]
