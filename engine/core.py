@@ -81,14 +81,13 @@ class EngineCore:
     @torch.inference_mode()
     def step(self) -> list[Sequence]:
         """One forward over the scheduled batch; returns the sequences it touched."""
-        batch, rejected = self.scheduler.schedule()
-        for seq in rejected:
-            seq.error = f"sequence of {len(seq)} tokens does not fit in the KV pool"
-            self._finish(seq, "error")
-        if batch is None:
-            return rejected
-        first_new_id = self._next_seq_id
         try:
+            batch, rejected = self.scheduler.schedule()
+            for seq in rejected:
+                seq.error = f"sequence of {len(seq)} tokens does not fit in the KV pool"
+                self._finish(seq, "error")
+            if batch is None:
+                return rejected
             sampling = [batch.seqs[i] for i in batch.sampling]
             logits = self._take_prompt_logprobs(batch, self.runner.run(batch))
             for seq, n in zip(batch.seqs, batch.num_tokens):
@@ -100,8 +99,10 @@ class EngineCore:
             if sampling:
                 self._sample(sampling, logits)
         except BaseException:  # an error or Ctrl-C part-way: whoever drives the engine may go on with the rest
-            forks = [s for s in (*self.scheduler.running, *self.scheduler.waiting) if s.seq_id >= first_new_id]
-            self.scheduler.recompute(batch.seqs + forks)
+            self.scheduler.recompute()
+            for request in list(self.requests.values()):  # a finish cut short while it made the ended samples
+                for seq in [s for s in request.seqs if s.is_finished and s.fork_seeds]:
+                    self._end_samples(seq)
             raise
         return batch.seqs + rejected
 
@@ -157,13 +158,8 @@ class EngineCore:
 
     def _fork_before_sampling(self, seq: Sequence) -> list[Sequence]:
         branches = [seq]
-        if seq.fork_seeds:  # `n` samples: the prompt is computed once, then each sample goes its own way
-            for i, seed in enumerate(seq.fork_seeds, 1):
-                child = self._branch(seq, list(seq.settings), shares_blocks=True, seed=seed)
-                child.sample_index = i
-                child.settings = {k: replace(state) for k, state in seq.settings.items()}
-                branches.append(child)
-            seq.fork_seeds = []
+        while seq.fork_seeds:  # `n` samples: the prompt is computed once, then each sample goes its own way
+            branches.append(self._branch(seq, [], shares_blocks=True, sample=seq.params.n - len(seq.fork_seeds)))
         if len(seq.settings) > 1:  # sweep settings whose masks differ split here
             n = seq.num_output_tokens
             for group in _group_by(seq.settings, lambda s: s.masked_ids(n)):
@@ -244,41 +240,51 @@ class EngineCore:
         for state in seq.settings.values():
             state.phase = Phase.DONE
         self.scheduler.finish(seq)
-        for i, seed in enumerate(seq.fork_seeds, 1):  # finished before its samples forked: they end alike
-            child = self._branch(seq, [], shares_blocks=False, seed=seed)
-            child.sample_index, child.settings = i, {k: replace(state) for k, state in seq.settings.items()}
-            child.finish_reason, child.stop_reason, child.error = reason, stop_reason, seq.error
-            child.status = SequenceStatus.FINISHED
-        seq.fork_seeds = []
+        self._end_samples(seq)
+
+    def _end_samples(self, seq: Sequence) -> None:
+        """A sequence that finished before its `n` samples forked: they end alike; then its request may be done."""
+        while seq.fork_seeds:
+            self._branch(seq, [], shares_blocks=False, sample=seq.params.n - len(seq.fork_seeds))
         request = self.requests.get(seq.request_id)
         if request is not None and request.is_finished:
             del self.requests[seq.request_id]
 
-    def _branch(self, parent: Sequence, settings: list[int], shares_blocks: bool, seed: int | None = None) -> Sequence:
-        """A new sequence with the parent's tokens that takes over `settings` from it. It shares the parent's
-        blocks (running beside it) or starts unscheduled; its generator continues the parent's random
-        stream, or starts from `seed`."""
+    def _branch(self, parent: Sequence, settings: list[int], shares_blocks: bool, sample: int | None = None) -> Sequence:
+        """A new sequence with the parent's tokens that takes over `settings` from it, its generator
+        continuing the parent's random stream; or, as `n` sample `sample`, one with a copy of every setting
+        whose generator starts from the parent's next fork seed (which it takes; if the parent has finished,
+        it ends alike). It shares the parent's blocks (running beside it) or starts unscheduled. It is
+        registered last, made whole: a step that fails part-way leaves no half-made sequence, nor a seed
+        forked twice."""
         generator = torch.Generator(parent.generator.device)
-        if seed is None:
+        if sample is None:
             generator.set_state(parent.generator.get_state())
         else:
-            generator.manual_seed(seed)
+            generator.manual_seed(parent.fork_seeds[0])
         child = Sequence(
             self._new_seq_id(), list(parent.token_ids), parent.num_prompt_tokens, parent.params, generator,
-            request_id=parent.request_id, sample_index=parent.sample_index,
+            request_id=parent.request_id, sample_index=parent.sample_index if sample is None else sample,
             logprobs=None if parent.logprobs is None else list(parent.logprobs),
             prompt_logprobs=None if parent.prompt_logprobs is None else list(parent.prompt_logprobs),
             prompt_logprobs_from=parent.prompt_logprobs_from,
             token_counts=None if parent.token_counts is None else parent.token_counts.copy(),
         )
-        if seed is None:
+        if sample is None:
             child.settings = {k: parent.settings.pop(k) for k in settings}
+        else:
+            child.settings = {k: replace(state) for k, state in parent.settings.items()}
+            if parent.is_finished:
+                child.finish_reason, child.stop_reason, child.error = parent.finish_reason, parent.stop_reason, parent.error
+                child.status = SequenceStatus.FINISHED
         if shares_blocks:
-            self.block_manager.fork(parent, child)
             child.num_cached_tokens = parent.num_cached_tokens
             child.status = SequenceStatus.RUNNING
+            self.block_manager.fork(parent, child)
             self.scheduler.running.append(child)
         self.requests[parent.request_id].seqs.append(child)
+        if sample is not None:
+            del parent.fork_seeds[0]
         return child
 
     def _new_seq_id(self) -> int:

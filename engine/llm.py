@@ -3,6 +3,7 @@ until they finish, hand back Outputs (or stream deltas)."""
 import random
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -237,30 +238,38 @@ class LLM:
         prompts, single = _prompt_batch(prompts)
         params_list = _params_list(params, len(prompts), "prompts")
         requests: list[Request | list[Output]] = []
-        for prompt, sp in zip(prompts, params_list):
-            try:
-                requests.append(self.add_request(prompt, sp))
-            except (ValueError, TypeError) as e:
-                if single:
-                    raise
-                requests.append([error_output(prompt, str(e), i) for i in range(sp.n)])
+        with self._dropped_on_failure(requests):
+            for prompt, sp in zip(prompts, params_list):
+                try:
+                    requests.append(self.add_request(prompt, sp))
+                except (ValueError, TypeError) as e:
+                    if single:
+                        raise
+                    requests.append([error_output(prompt, str(e), i) for i in range(sp.n)])
         return self._run(requests, use_tqdm)
 
-    def _run(self, requests: list, use_tqdm: bool) -> list[Output]:
-        """Step until every request finishes; their Outputs in order (error Outputs pass through)."""
-        pending = [r for r in requests if isinstance(r, Request)]
+    @contextmanager
+    def _dropped_on_failure(self, requests: list):
+        """An error or Ctrl-C while a call submits or runs its requests: they are aborted (their blocks
+        freed), then it re-raises; other requests go on."""
         try:
-            with tqdm(total=len(pending), desc="generating", unit="req", disable=not use_tqdm or None) as bar:
-                while pending:
-                    self.step()
-                    still = [r for r in pending if not r.is_finished]
-                    bar.update(len(pending) - len(still))
-                    pending = still
-        except BaseException:  # an error or Ctrl-C: drop this call's requests, free their blocks, re-raise
+            yield
+        except BaseException:
             for r in requests:
                 if isinstance(r, Request):
                     self.abort(r)
             raise
+
+    def _run(self, requests: list, use_tqdm: bool) -> list[Output]:
+        """Step until every request finishes; their Outputs in order (error Outputs pass through)."""
+        pending = [r for r in requests if isinstance(r, Request)]
+        with self._dropped_on_failure(requests), tqdm(total=len(pending), desc="generating", unit="req",
+                                                       disable=not use_tqdm or None) as bar:
+            while pending:
+                self.step()
+                still = [r for r in pending if not r.is_finished]
+                bar.update(len(pending) - len(still))
+                pending = still
         return [o for r in requests for o in (r if isinstance(r, list) else self.outputs(r))]
 
     def sweep(
@@ -284,7 +293,7 @@ class LLM:
         if len(budget_lists) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(budget_lists)} lists of budgets")
         requests: list[Request | list[Output]] = []
-        try:
+        with self._dropped_on_failure(requests):
             for prompt, sp, settings in zip(prompts, params_list, budget_lists):
                 try:
                     token_ids = self._checked_prompt_ids(prompt, sp)
@@ -294,11 +303,6 @@ class LLM:
                     requests.append([error_output(prompt, str(e), 0) for _ in settings])
                     continue
                 requests.append(self.add_sweep(token_ids, sp, settings))
-        except BaseException:
-            for r in requests:
-                if isinstance(r, Request):
-                    self.abort(r)
-            raise
         outputs = iter(self._run(requests, use_tqdm))
         return [[next(outputs) for _ in settings] for settings in budget_lists]
 
@@ -325,13 +329,9 @@ class LLM:
         params = SamplingParams(max_tokens=0, prompt_logprobs=0, seed=0)  # a seed of its own leaves the seed
         # source of later unseeded requests alone
         requests = []
-        try:
+        with self._dropped_on_failure(requests):
             for context, tail in pairs:
                 requests.append(self._submit(context + tail, params, [], None, prompt_logprobs_from=len(context)))
-        except BaseException:
-            for r in requests:
-                self.abort(r)
-            raise
         scores = []
         for out, (context, tail) in zip(self._run(requests, use_tqdm=False), pairs):
             if out.error is not None:

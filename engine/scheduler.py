@@ -142,15 +142,15 @@ class Scheduler:
         self.waiting.insert(1 if mid_prefill else 0, seq)
         self.num_preemptions += 1
 
-    def recompute(self, seqs: list[Sequence]) -> None:
-        """After a step that failed part-way, the KV of its sequences is in doubt (a copy-on-write planned
-        but never made; tokens counted as computed that nothing was sampled from): each gives its blocks
-        up and is computed again from its tokens (its prompt's cached blocks are matched again)."""
-        for seq in seqs:
-            if seq in self.waiting:  # a prompt mid-prefill (it holds blocks) or a fork waiting its turn
-                self.block_manager.free(seq)
-            elif seq in self.running:
-                self._preempt(seq)
+    def recompute(self) -> None:
+        """After a step that failed part-way (in scheduling, the forward or sampling), the KV of the unfinished
+        sequences is in doubt (a copy-on-write planned but never made; tokens counted as computed that
+        nothing was sampled from): each gives its blocks up, in its place in line, and is computed again
+        from its tokens (cached prompt blocks are matched again)."""
+        for seq in self.waiting:  # a prompt mid-prefill holds blocks
+            self.block_manager.free(seq)
+        while self.running:  # the last first, each to the front of the line: they keep their order
+            self._preempt(self.running[-1])
 
     def finish(self, seq: Sequence) -> None:
         """Release a sequence wherever it is (running, waiting, or mid-prefill)."""

@@ -266,3 +266,81 @@ def test_a_step_interrupted_part_way_leaves_the_other_requests_whole(llm, monkey
         llm.step()
     assert [o.token_ids for o in llm.outputs(request)] == expected
     llm.core.block_manager.check_all_free()
+
+
+@pytest.mark.parametrize("where", ["schedule", "forking"])
+def test_a_step_interrupted_in_scheduling_or_forking_leaves_the_other_requests_whole(llm, monkeypatch, where):
+    """Ctrl-C right after the scheduler planned a step (blocks taken, copies planned, prompts moved to running),
+    or while an n=4 request forks its samples (two made, one being made): the request still gives its 4 samples,
+    each once, with the tokens it gives uninterrupted."""
+    prompt = list(range(200, 221))
+    params = SamplingParams(max_tokens=10, n=4, ignore_eos=True)
+    expected = [(o.sample_index, o.token_ids) for o in llm.generate(prompt, params, use_tqdm=False)]
+    llm.reset_prefix_cache()
+    request = llm.add_request(prompt, params)
+    core, calls = llm.core, []
+    schedule, branch = core.scheduler.schedule, core._branch
+
+    def scheduled():
+        batch = schedule()
+        if len(calls) == 1:  # the second step: the first decode, its copies planned
+            raise KeyboardInterrupt
+        calls.append(1)
+        return batch
+
+    def forked(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # while it makes the third sample
+            raise KeyboardInterrupt
+        return branch(*args, **kwargs)
+
+    if where == "schedule":
+        monkeypatch.setattr(core.scheduler, "schedule", scheduled)
+    else:
+        monkeypatch.setattr(core, "_branch", forked)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate([5, 6, 7], SamplingParams(max_tokens=5), use_tqdm=False)
+    monkeypatch.undo()
+    while llm.has_unfinished():
+        llm.step()
+    assert [(o.sample_index, o.token_ids) for o in llm.outputs(request)] == expected
+    assert not core.requests
+    llm.core.block_manager.check_all_free()
+
+
+def test_an_interrupt_while_generate_queues_its_prompts_drops_those_queued(llm, monkeypatch):
+    add, calls = llm.add_request, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return add(*args)
+
+    monkeypatch.setattr(llm, "add_request", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate([[5, 6, 7], [8, 9]], SamplingParams(max_tokens=5), use_tqdm=False)
+    assert not llm.has_unfinished() and not llm.core.requests
+    llm.core.block_manager.check_all_free()
+
+
+def test_a_finish_interrupted_while_it_ends_the_samples_still_ends_them_all(llm, monkeypatch):
+    """An n=3 request that ends at its prefill (it only scores its prompt) ends its samples as it finishes;
+    Ctrl-C while it makes the second: the step's recovery makes the rest, so the request is done."""
+    params = SamplingParams(n=3, max_tokens=0, prompt_logprobs=0)
+    request = llm.add_request(list(range(300, 312)), params)
+    branch, calls = llm.core._branch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return branch(*args, **kwargs)
+
+    monkeypatch.setattr(llm.core, "_branch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        llm.step()
+    assert request.is_finished and not llm.core.requests and not llm.has_unfinished()
+    outs = llm.outputs(request)
+    assert [o.sample_index for o in outs] == [0, 1, 2] and len({len(o.prompt_logprobs) for o in outs}) == 1
+    llm.core.block_manager.check_all_free()
