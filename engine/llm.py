@@ -251,13 +251,20 @@ class LLM:
     @contextmanager
     def _dropped_on_failure(self, requests: list):
         """An error or Ctrl-C while a call submits or runs its requests: they are aborted (their blocks
-        freed), then it re-raises; other requests go on."""
+        freed), then it re-raises; other requests go on. A second Ctrl-C meanwhile waits until every one
+        is aborted (none is left running orphaned)."""
         try:
             yield
         except BaseException:
+            again = None
             for r in requests:
-                if isinstance(r, Request):
-                    self.abort(r)
+                try:
+                    if isinstance(r, Request):
+                        self.abort(r)
+                except BaseException as e:
+                    again = again or e
+            if again is not None:
+                raise again
             raise
 
     def _run(self, requests: list, use_tqdm: bool) -> list[Output]:

@@ -344,3 +344,23 @@ def test_a_finish_interrupted_while_it_ends_the_samples_still_ends_them_all(llm,
     outs = llm.outputs(request)
     assert [o.sample_index for o in outs] == [0, 1, 2] and len({len(o.prompt_logprobs) for o in outs}) == 1
     llm.core.block_manager.check_all_free()
+
+
+def test_a_second_interrupt_while_generate_cleans_up_still_drops_every_request(llm, monkeypatch):
+    run, abort, aborts = llm.core.runner.run, llm.core.abort, []
+
+    def interrupted(batch):
+        raise KeyboardInterrupt
+
+    def abort_twice_interrupted(request):
+        aborts.append(request)
+        abort(request)
+        if len(aborts) == 1:
+            raise KeyboardInterrupt  # the second Ctrl-C, after the first request's abort
+
+    monkeypatch.setattr(llm.core.runner, "run", interrupted)
+    monkeypatch.setattr(llm.core, "abort", abort_twice_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate([[5, 6, 7], [8, 9], [10, 11]], SamplingParams(max_tokens=5), use_tqdm=False)
+    assert len(aborts) == 3 and not llm.has_unfinished() and not llm.core.requests
+    llm.core.block_manager.check_all_free()
