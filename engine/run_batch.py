@@ -6,14 +6,16 @@ Each input line is a request of OpenAI's Batch API, `{"custom_id": "q1", "method
 "/v1/chat/completions", "body": {...}}` (or "/v1/completions"), its body as `engine.serve` takes it:
 `thinking_budget` (a cap, an object, or a list: a sweep), `think_format`, `n`, `seed` and the rest. The
 requests run together, as the server runs requests that arrive at once. Each result line is `{"id",
-"custom_id", "response": {"status_code", "request_id", "body"}, "error": null}`, the body the server's
-response, or its error (`{"error": {...}}`, status 400 or 404) for a request at fault while the others run.
+"custom_id", "response": {"status_code", "request_id", "body"}, "error": null, "request_sha256"}`, the
+body the server's response, or its error (`{"error": {...}}`, status 400 or 404) for a request at fault
+while the others run; the digest of the request is this program's addition, for resuming.
 
 Results are appended as requests finish, so a run that is stopped loses nothing it wrote: the same
-command again keeps those results, runs the rest (and any that failed on the engine's side, status 5xx),
-and the finished file holds one line per request in the input's order.
+command again keeps the results of requests that did not change, runs the rest (and any that failed on
+the engine's side, status 5xx), and the finished file holds one line per request in the input's order.
 """
 import argparse
+import hashlib
 import json
 import os
 import queue
@@ -47,6 +49,11 @@ class BatchLine:
     chat: bool
     body: dict
 
+    @property
+    def digest(self) -> str:
+        """What its result row records of it: a resume reuses a result only for the same request."""
+        return hashlib.sha256(json.dumps([self.chat, self.body], sort_keys=True).encode()).hexdigest()
+
 
 def read_batch(path: Path) -> list[BatchLine]:
     """The input's requests; a line that is not one (no custom_id, a repeated one, another url) is an
@@ -77,19 +84,21 @@ def read_batch(path: Path) -> list[BatchLine]:
     return lines
 
 
-def earlier_results(path: Path, custom_ids: set[str]) -> tuple[dict[str, dict], int]:
-    """(results by custom_id, results dropped) of what an earlier run wrote to `path`: engine-side
-    failures (5xx) are dropped to run again, and results of requests the input no longer holds. A last
-    line cut short (a run killed while writing it: no newline at its end) is dropped. A file that holds
-    anything else, or results but none of this input's requests, is not this batch's output: an error, so
-    nothing of it is overwritten."""
+def earlier_results(path: Path, lines: list[BatchLine]) -> tuple[dict[str, dict], int]:
+    """(results by custom_id, results dropped) of what an earlier run wrote to `path`. A result is kept
+    for a line of the input with its custom_id and the same request (its `request_sha256`); results of
+    requests since changed, renamed or removed are dropped, as are engine-side failures (5xx: they run
+    again). A last line that a kill cut short (one of this program's rows, no newline at its end) is
+    dropped. A file that holds anything else, or results but none for this input, is not this batch's
+    output: an error, so nothing of it is overwritten."""
     if not path.exists():
         return {}, 0
     if not path.is_file():
         raise BatchFileError(f"{path} is not a regular file; give a file path as -o")
     data = path.read_bytes()
     rows = data.splitlines()
-    results, matched, foreign = {}, 0, 0
+    digests = {line.custom_id: line.digest for line in lines}
+    results, matched, stale = {}, 0, 0
     for line_no, raw in enumerate(rows, 1):
         try:
             row = json.loads(raw)
@@ -97,20 +106,20 @@ def earlier_results(path: Path, custom_ids: set[str]) -> tuple[dict[str, dict], 
             if not isinstance(custom_id, str) or not isinstance(status, int):
                 raise TypeError
         except (ValueError, TypeError, KeyError):
-            if line_no == len(rows) and matched and not data.endswith(b"\n"):
+            if line_no == len(rows) and raw.startswith(b'{"id": "batch_req_') and not data.endswith(b"\n"):
                 continue
             raise BatchFileError(f"{path}:{line_no}: not a result line, so {path} is not this batch's output "
                                  "(give another -o)") from None
-        if custom_id not in custom_ids:
-            foreign += 1
+        if custom_id not in digests or row.get("request_sha256") != digests[custom_id]:
+            stale += 1
             continue
         matched += 1
         if status < 500:
             results[custom_id] = row
-    if foreign and not matched:
+    if stale and not matched:
         raise BatchFileError(f"{path} holds results, none of them for this input's requests: it is another "
                              "batch's output (give another -o)")
-    return results, foreign
+    return results, stale
 
 
 def write_results(path: Path, rows: list[dict]) -> None:
@@ -120,12 +129,13 @@ def write_results(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def result_row(custom_id: str, outcome: dict | ApiError) -> dict:
+def result_row(line: BatchLine, outcome: dict | ApiError) -> dict:
+    """OpenAI's result row, and the digest of its request (a field OpenAI's rows lack: for resuming)."""
     error = isinstance(outcome, ApiError)
-    return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
+    return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": line.custom_id,
             "response": {"status_code": outcome.status if error else 200, "request_id": uuid.uuid4().hex,
                          "body": outcome.body() if error else outcome},
-            "error": None}
+            "error": None, "request_sha256": line.digest}
 
 
 class Tagged:
@@ -151,7 +161,7 @@ def run_lines(llm: LLM, model_name: str, lines: list[BatchLine], window: int) ->
                     if api.stream:
                         raise ApiError("stream=true does not apply to a batch: results come whole", param="stream")
                 except ApiError as e:
-                    yield line, result_row(line.custom_id, e)
+                    yield line, result_row(line, e)
                     continue
                 in_flight[line.custom_id] = line
                 loop.submit(Job(api, model_name, Tagged(line, events)))
@@ -165,11 +175,11 @@ def run_lines(llm: LLM, model_name: str, lines: list[BatchLine], window: int) ->
                 # a broken GPU ended the thread, which failed the jobs it held; the rest fail alike
                 error = ApiError("the engine thread has stopped", 503, kind="server_error")
                 for line in [*in_flight.values(), *todo]:
-                    yield line, result_row(line.custom_id, error)
+                    yield line, result_row(line, error)
                 return
             if kind in ("response", "error"):
                 del in_flight[line.custom_id]
-                yield line, result_row(line.custom_id, payload)
+                yield line, result_row(line, payload)
     finally:
         loop.stop()
 
@@ -197,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.output).resolve()  # a link's target is written, not the link replaced by a file
         if out.exists() and out.samefile(source):
             raise BatchFileError(f"-o {args.output} is the input file; give another path for the results")
-        done, dropped = earlier_results(out, {line.custom_id for line in lines})
+        done, dropped = earlier_results(out, lines)
         pending = [line for line in lines if line.custom_id not in done]
         llm = llm_from_args(args) if pending else None
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if dropped:
-        print(f"dropped {dropped} result(s) in {out} of requests the input no longer holds", file=sys.stderr)
+        print(f"dropped {dropped} result(s) in {out} of requests the input has changed, renamed or removed",
+              file=sys.stderr)
     if done:
         print(f"resuming: {len(done)} of {len(lines)} requests have results in {out}", file=sys.stderr)
     if pending:

@@ -147,21 +147,39 @@ def test_the_input_is_never_the_output(tmp_path, capsys):
 
 def test_a_failed_start_leaves_the_output_as_it_was(tmp_path, capsys):
     write(tmp_path / "in.jsonl", LINES[:2])
-    torn = json.dumps(run_batch.result_row("chat", {"choices": []})) + "\n" + '{"id": "batch_req_1", "cus'
+    chat = run_batch.BatchLine("chat", True, LINES[0]["body"])
+    torn = json.dumps(run_batch.result_row(chat, {"choices": []})) + "\n" + '{"id": "batch_req_1", "cus'
     (tmp_path / "out.jsonl").write_text(torn)
     code = run_batch.main(["-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
                            "--model", str(tmp_path / "no-model")])
     assert code == 2 and "no-model" in capsys.readouterr().err and (tmp_path / "out.jsonl").read_text() == torn
 
 
-def test_a_renamed_request_runs_and_the_old_result_is_dropped(llm, monkeypatch, tmp_path, capsys):
-    run(llm, monkeypatch, tmp_path, LINES[:2])
+def test_a_changed_or_renamed_request_runs_again_and_its_old_result_is_dropped(llm, monkeypatch, tmp_path, capsys):
+    run(llm, monkeypatch, tmp_path, LINES[:3])
     first = results(tmp_path / "out.jsonl")
-    renamed = [LINES[0], {**LINES[1], "custom_id": "text-v2"}]
-    code, ran = run(llm, monkeypatch, tmp_path, renamed)
-    assert code == 0 and ran == ["text-v2"] and "dropped 1 result" in capsys.readouterr().err
+    edited = {**LINES[2], "body": {**LINES[2]["body"], "max_tokens": 12}}
+    changed = [LINES[0], {**LINES[1], "custom_id": "text-v2"}, edited]
+    code, ran = run(llm, monkeypatch, tmp_path, changed)
+    assert code == 0 and ran == ["text-v2", "sweep"] and "dropped 2 result(s)" in capsys.readouterr().err
     rows = results(tmp_path / "out.jsonl")
-    assert [r["custom_id"] for r in rows] == ["chat", "text-v2"] and rows[0] == first[0]
+    assert [r["custom_id"] for r in rows] == ["chat", "text-v2", "sweep"] and rows[0] == first[0]
+    assert rows[2]["response"]["body"]["usage"] != first[2]["response"]["body"]["usage"]
+
+
+def test_another_batch_with_the_same_ids_is_refused(llm, monkeypatch, tmp_path, capsys):
+    run(llm, monkeypatch, tmp_path, LINES[1:2])
+    before = (tmp_path / "out.jsonl").read_text()
+    theirs = {**LINES[1], "body": {**LINES[1]["body"], "prompt": "Dogs are"}}  # the same custom_id
+    code, ran = run(llm, monkeypatch, tmp_path, [theirs])
+    assert code == 2 and ran == [] and "none of them for this input's" in capsys.readouterr().err
+    assert (tmp_path / "out.jsonl").read_text() == before
+
+
+def test_a_run_killed_while_writing_its_first_result_resumes(llm, monkeypatch, tmp_path):
+    (tmp_path / "out.jsonl").write_text('{"id": "batch_req_0a1b", "custom_id": "chat", "resp')
+    code, ran = run(llm, monkeypatch, tmp_path, LINES[:2])
+    assert code == 0 and ran == ["chat", "text"] and len(results(tmp_path / "out.jsonl")) == 2
 
 
 def test_a_linked_output_writes_its_target(llm, monkeypatch, tmp_path):
