@@ -18,6 +18,10 @@ import triton.language as tl
 from kernels.paged_softmax import attend_page, dot_precision
 
 TARGET_PROGRAMS = 1024  # (sequence, head, split) programs: several per SM, loads enough in flight to hide latency
+# the interpreter (CPU tensors) runs programs one after another, so filling a GPU only adds empty programs
+# there (a CUDA graph's table as wide as the longest context: hundreds a layer); a few splits a sequence
+# keep the split-and-merge path under test
+INTERPRETER_SPLITS = 4
 MIN_BLOCKS_PER_SPLIT = 4
 REDUCE_SPLITS = 16  # splits pass 2 merges at a time
 # software-pipelining depth of the page loop: at 3 (Triton's default) Triton 3.6 for sm_90 keeps one page
@@ -112,15 +116,15 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
                      min_blocks_per_split: int = MIN_BLOCKS_PER_SPLIT) -> torch.Tensor:
     """One query token per sequence. q: [B, H, D]; kv_cache: [2, KV, N, bs, D]; block_tables: [B, max_blocks];
     context_lens: [B] (the query's own key included, at least 1). Returns [B, H, D]. Each sequence's context
-    is cut into at most num_splits splits (default: enough programs to fill the GPU) of at least
-    min_blocks_per_split pages."""
+    is cut into at most num_splits splits (default: enough programs to fill the GPU; INTERPRETER_SPLITS on
+    the CPU) of at least min_blocks_per_split pages."""
     num_seqs, num_heads, head_dim = q.shape
     _, num_kv_heads, _, block_size, _ = kv_cache.shape
     if q.stride(-1) != 1 or kv_cache.stride(-1) != 1 or kv_cache.stride(-2) != head_dim:
         raise ValueError("decode_attention needs q's and the cache's head dims contiguous")
     group = num_heads // num_kv_heads
     if num_splits is None:
-        wanted = max(1, TARGET_PROGRAMS // max(1, num_seqs * num_kv_heads))
+        wanted = max(1, TARGET_PROGRAMS // max(1, num_seqs * num_kv_heads)) if q.is_cuda else INTERPRETER_SPLITS
         num_splits = min(wanted, -(-block_tables.shape[1] // min_blocks_per_split))
     num_splits = max(1, num_splits)
     part_out = torch.empty(num_seqs * num_heads * num_splits, head_dim, dtype=torch.float32, device=q.device)

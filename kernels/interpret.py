@@ -16,8 +16,10 @@ def enable_interpreter() -> None:
     compiled = [m for m in KERNEL_MODULES if f"kernels.{m}" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"]
     if compiled:
         raise RuntimeError(f"kernels {compiled} were imported for the compiler; enable the interpreter before importing them")
+    routed = "triton" in sys.modules  # its helpers were decorated for the compiler
     os.environ["TRITON_INTERPRET"] = "1"
-    if "triton" not in sys.modules:
+    _patch_language_once()
+    if not routed:
         return
     from triton.runtime import jit
     from triton.runtime.interpreter import InterpretedFunction
@@ -33,3 +35,25 @@ def enable_interpreter() -> None:
 
     jit.JITFunction.__call__ = call_as_device_function
     jit.JITFunction._routed_to_interpreter = True
+
+
+def _patch_language_once() -> None:
+    """The interpreter patches triton.language for every call of a device function (our helpers, tl.max,
+    ...) by walking the members of the modules it sees: a quarter of an interpreted engine step. The
+    patches a device call makes stay, and a launch's stay until it ends, so the walk is skipped when every
+    such module the function sees is patched already (the same patches would be made again)."""
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    patch = interpreter._patch_lang
+    if getattr(patch, "_skips_patched", False):
+        return
+
+    def patch_unless_patched(fn):
+        langs = [value for value in fn.__globals__.values() if value is tl or value is tl.core]
+        if langs and not any(tl.core.is_builtin(getattr(lang, "where", None)) for lang in langs):
+            return interpreter._LangPatchScope()  # nothing to restore: those patches are not this call's
+        return patch(fn)
+
+    patch_unless_patched._skips_patched = True
+    interpreter._patch_lang = patch_unless_patched
