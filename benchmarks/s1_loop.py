@@ -22,6 +22,7 @@ from pathlib import Path
 
 from benchmarks.evalsets import load_eval_set, write_eval_set
 from curate.decontaminate import EvalOverlap
+from engine.jsonl import read_objects
 
 LOOP_FLAGS = ("eval_size", "select", "thinking_cap", "block_size", "epochs", "train_minutes", "seed")
 SFT_TOKENS_PER_S = 150  # measured for the default model on this CPU box (benchmarks/RESULTS.md: 175)
@@ -63,12 +64,11 @@ def split_champ(out: Path, eval_size: int, seed: int) -> Path:
 def check_decontaminated(selected: Path, eval_path: Path) -> int:
     """Selected questions that overlap the eval part as decontamination defines it (must be 0)."""
     overlap = EvalOverlap(item.question for item in load_eval_set(str(eval_path)))
-    rows = [json.loads(line) for line in selected.read_text().splitlines() if line.strip()]
-    return sum(overlap.hits(row["question"]) for row in rows)
+    return sum(overlap.hits(row["question"]) for _, row in read_objects(selected, ValueError))
 
 
 def training_curve(log_path: Path) -> list[str]:
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [row for _, row in read_objects(log_path, ValueError)]
     lines = ["| step | loss | lr | tokens/s |", "|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.get('step')} | {r.get('loss', float('nan')):.4f} | {r.get('lr', 0):.2e} | "

@@ -72,10 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def int_list(text: str, flag: str, allow_auto: bool = False, minimum: int = 0) -> tuple[str, ...]:
     values = tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in values if not (v.isdigit() and int(v) >= minimum) and not (allow_auto and v == "auto")]
+    bad = [v for v in values if not (v.isascii() and v.isdigit() and int(v) >= minimum) and not (allow_auto and v == "auto")]
     if not values or bad:
         kind = "integers" + (" or auto" if allow_auto else "") + f" >= {minimum}"
         raise UsageError(f"{flag} takes a comma list of {kind}, got {text!r}")
+    values = tuple(v if v == "auto" else str(int(v)) for v in values)  # "08" is 8: one run, one name
     if len(set(values)) != len(values):
         raise UsageError(f"{flag} lists a value twice: {text!r}")
     return values

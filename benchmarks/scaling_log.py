@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from engine.jsonl import read_objects
+
 
 class SampleLog:
     def __init__(self, path: Path, rows_per_question: int):
@@ -60,4 +62,5 @@ class SampleLog:
 
 
 def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    """The file's rows, split at newlines only: a row's text may hold other line separators (U+2028, U+0085)."""
+    return [row for _, row in read_objects(path, ValueError)]

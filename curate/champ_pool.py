@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from curate.pool import PoolRow
+from engine.jsonl import read_objects
 
 EXCLUDED_SETTINGS = frozenset({"1/3 Soln", "2/3 Soln"})
 NO_CORRECT_TRACE = "no_correct_teacher_trace"
@@ -79,7 +80,7 @@ def champ_pool(grade_fn: Callable | None = None, progress: bool = True, limit: i
     use_cache = grade_fn is None and limit is None
     cache_path = cache_path or champ_cache_path()
     if use_cache and cache_path.is_file():
-        return [PoolRow(**json.loads(line)) for line in cache_path.read_text(encoding="utf-8").splitlines()]
+        return [PoolRow(**row) for _, row in read_objects(cache_path, ValueError)]
     if grade_fn is None:
         from benchmarks.grading import grade
         grade_fn = partial(grade, timeout_s=GRADE_TIMEOUT_S)

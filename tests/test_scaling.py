@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from benchmarks import scaling
 from benchmarks.evalsets import EvalItem, write_eval_set
-from benchmarks.scaling_log import SampleLog
+from benchmarks.scaling_log import SampleLog, read_rows
 from benchmarks.scaling_report import parallel_runs
 from benchmarks.scaling_scorers import answer_tokens, mean_answer_logprob
 from engine import Output
@@ -203,6 +203,18 @@ def test_sample_log_drops_torn_lines_and_unfinished_questions(tmp_path):
     assert SampleLog(path, rows_per_question=2).done == {"a", "b"}
 
 
+def test_sample_rows_may_hold_other_line_separators(tmp_path):
+    """A model's text may hold U+2028, U+2029 or U+0085 (byte-level tokens decode to them): they are
+    written unescaped, and a row is read back whole, not cut at them."""
+    path = tmp_path / "samples.jsonl"
+    log = SampleLog(path, rows_per_question=1)
+    written = [{"id": "a", "output": "step one\u2028step two"}, {"id": "b", "output": "x\x85y\u2029z\x0cw"}]
+    log.append(written)
+    assert read_rows(path) == written and SampleLog(path, rows_per_question=1).done == {"a", "b"}
+    log.order_by(["b", "a"])
+    assert read_rows(path) == written[::-1]
+
+
 def test_best_of_n_with_a_reward_model(model_dir, data, tmp_path, tokenizer_dir):
     config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=2)
@@ -234,6 +246,8 @@ def test_logprob_scorer_averages_the_sampled_answer_tokens():
 @pytest.mark.parametrize("flags, message", [
     (["--methods", "budget,nope"], "--methods"),
     (["--budgets", "8,x"], "--budgets"),
+    (["--budgets", "8,08"], "lists a value twice"),  # one cap: it would run, and count, twice
+    (["--budgets", "8,\u00b2"], "--budgets"),  # a digit to str.isdigit, not to int
     (["--n", "0", "--methods", "parallel"], "--n"),
     (["--methods", "token", "--budgets", "auto"], "numeric --budgets"),
     (["--methods", "best-of-n", "--scorer", "/no/such/dir"], "--scorer"),
