@@ -66,7 +66,7 @@ def eval_questions(specs: list[str]) -> list[str]:
 
 
 def read_pool(config: CurateConfig, rows: list[PoolRow] | None = None) -> list[PoolRow]:
-    rows = (load_pool(config.pool) if rows is None else rows)[:config.limit]
+    rows = (load_pool(config.pool, config.progress) if rows is None else rows)[:config.limit]
     if config.classify_domains:
         for row in rows:
             row.domain = None

@@ -91,8 +91,8 @@ def read_pool_jsonl(path: str | Path) -> list[PoolRow]:
     return [row_from_record(record, default_id=f"{path.stem}-{line_no}") for line_no, record in records]
 
 
-def load_pool(name_or_path: str) -> list[PoolRow]:
+def load_pool(name_or_path: str, progress: bool = True) -> list[PoolRow]:
     if name_or_path == "champ":
         from curate.champ_pool import champ_pool
-        return champ_pool()
+        return champ_pool(progress=progress)
     return read_pool_jsonl(name_or_path)

@@ -72,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"{r.stage:>16}: {r.rows_in:>6} -> {r.rows_out:<6} {dict(r.reasons())}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    selected = results[-1].rows_out
+    if not selected:
+        print(f"error: no question was selected: the funnel above dropped every row (why: {paths['report']})",
+              file=sys.stderr)
+        return 1
+    if selected < config.size:
+        print(f"warning: {selected} questions selected, fewer than --size {config.size}: no more came through "
+              "the funnel", file=sys.stderr)
     return 0
 
 

@@ -115,3 +115,17 @@ def test_dry_run_on_champ_before_its_pool_is_built_grades_nothing(tmp_path, monk
     assert "270 of 270 kept" in text
     assert "-> 0 of 270 kept" in text  # every CHAMP problem shares 8-grams with itself as an eval set
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_short_selection_is_warned_about_and_an_empty_one_is_an_error(tmp_path, tokenizer_dir, capsys):
+    pool, _ = write_inputs(tmp_path)
+    common = ["--tokenizer", str(tokenizer_dir), "--no-progress"]
+    assert main(["--pool", str(pool), "--size", "10", "--output", str(tmp_path / "few"), *common]) == 0
+    assert "warning: 5 questions selected, fewer than --size 10" in capsys.readouterr().err
+    no_attempts = tmp_path / "no-attempts.jsonl"  # train.sft's {question, thinking, answer}: no attempt to keep
+    no_attempts.write_text("".join(json.dumps({"question": p["question"], "thinking": "t", "answer": p["solution"]})
+                                   + "\n" for p in POOL))
+    assert main(["--pool", str(no_attempts), "--size", "3", "--output", str(tmp_path / "none"), *common]) == 1
+    captured = capsys.readouterr()
+    assert "'missing_attempt': 7" in captured.out
+    assert f"error: no question was selected: the funnel above dropped every row (why: {tmp_path}/none/report.md)" in captured.err

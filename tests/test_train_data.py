@@ -83,6 +83,15 @@ def test_every_assistant_turn_is_masked_in_and_nothing_else(tokenizer):
     assert "Be brief" not in tokenizer.decode(masked) and "Hi" not in tokenizer.decode(masked)
 
 
+def test_an_s1k_record_trains_as_its_question_thinking_and_answer(tokenizer):
+    """curate.run's selected.jsonl (s1K's columns) trains as the same {question, thinking, answer} record."""
+    think_format = get_think_format("s1")
+    s1k = {"question": QUESTION, "thinking_trajectories": [THINKING], "attempt": ANSWER, "solution": "4",
+           "cot_type": "math", "source_type": "champ", "metadata": "{}", "cot": None}
+    plain = {"question": QUESTION, "thinking": THINKING, "answer": ANSWER}
+    assert tokenize_record(s1k, tokenizer, think_format) == tokenize_record(plain, tokenizer, think_format)
+
+
 def test_text_record_trains_on_every_token_but_the_first(tokenizer):
     sample = tokenize_record({"text": "plain language modelling text"}, tokenizer, get_think_format("s1"))
     assert sample.loss_mask == [False] + [True] * (len(sample) - 1)
@@ -148,6 +157,11 @@ def test_data_order_depends_on_seed_and_epoch_only():
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "training data .*d.jsonl does not exist"),
+    ("directory", "training data .*d.jsonl is a directory; give a JSONL file"),
+    ("bad_role", r"d.jsonl:1: 'messages': messages\[0\] has role 'bogus'; it must be one of"),
+    ("assistant_first", r"d.jsonl:1: 'messages' opens with the assistant's turn: nothing prompts it"),
+    ("other_think_format", r"d.jsonl:1: an assistant turn is rendered in the r1 think format .*; pass --think-format r1"),
+    ("bad_trajectories", r"d.jsonl:1: 'thinking_trajectories' must be a non-empty list of strings"),
     ("nothing_to_train", r"d.jsonl:1: the sample has no token to train on"),
     ("empty", "the training set is empty"),
     ("no_assistant", r"d.jsonl:3: the conversation has no assistant turn"),
@@ -166,11 +180,18 @@ def test_bad_input_is_rejected_before_training(make_model, tmp_path, case, messa
         "bad_json": '{"text": "ok"}\n{"text": \n',
         "nothing_to_train": '{"text": "hi"}\n',
         "unknown_shape": '{"prompt": "hi", "completion": "there"}\n',
+        "bad_role": json.dumps({"messages": [{"role": "bogus", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n",
+        "assistant_first": json.dumps({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}) + "\n",
+        "other_think_format": json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content":
+                                          get_think_format("r1").render("t", "a")}]}) + "\n",  # read as s1
+        "bad_trajectories": json.dumps({"question": "q", "thinking_trajectories": [], "attempt": "a"}) + "\n",
         "prompt_too_long": '{"question": "' + "long " * 40 + '", "thinking": "t", "answer": "a"}\n',
     }
     data = tmp_path / "d.jsonl"
     if case in lines:
         data.write_text(lines[case])
+    elif case == "directory":
+        data.mkdir()
     elif case != "missing":
         write_jsonl(data, [good] * 8)
     flags = {"block_size": 20 if case == "prompt_too_long" else 128,

@@ -62,6 +62,23 @@ def test_data_that_is_not_utf8_names_the_file_and_line(tiny, tmp_path):
         prepare(parse_args(sft_args(tiny[0], data, tmp_path / "out")), world_size=1)
 
 
+def test_an_earlier_run_without_checkpoints_is_not_overwritten(tiny, tmp_path):
+    out = tmp_path / "out"
+    run_in_process(sft_args(*tiny, out, max_steps=1))  # no --save-every: model/ and the log, no checkpoint
+    log = (out / "train_log.jsonl").read_text()
+    for resume, earlier in (({}, "model, train_log.jsonl"), ({"resume": True}, "model")):  # nothing to resume:
+        with pytest.raises(ValueError, match=fr"holds an earlier run \({earlier}\) and no checkpoint to resume from"):
+            prepare(parse_args(sft_args(*tiny, out, max_steps=1, **resume)), world_size=1)  # it would start over
+    assert (out / "train_log.jsonl").read_text() == log
+    shutil.rmtree(out / "model")  # as a run cut short before its first checkpoint leaves it
+    with pytest.raises(ValueError, match=r"holds an earlier run \(train_log.jsonl\) and no checkpoint"):
+        prepare(parse_args(sft_args(*tiny, out, max_steps=1)), world_size=1)
+    assert prepare(parse_args(sft_args(*tiny, out, max_steps=1, resume=True)), world_size=1).checkpoint is None
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ValueError, match="a-file is a file; give a directory"):
+        prepare(parse_args(sft_args(*tiny, tmp_path / "a-file")), world_size=1)
+
+
 def test_old_checkpoints_are_pruned_to_keep_last(crashed):
     assert checkpoint_names(crashed) == ["step-00000002", "step-00000003"]
 

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from engine.conversation import conversation_ids
+from engine.conversation import check_messages, conversation_ids
 from engine.jsonl import read_objects
-from engine.tokenizer import ThinkFormat
+from engine.tokenizer import THINK_FORMATS, ThinkFormat
 
 
 class DataError(ValueError):
@@ -52,7 +52,8 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, record) for every non-blank line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"training data {path} does not exist")
+        raise FileNotFoundError(f"training data {path} " + ("is a directory; give a JSONL file" if path.is_dir()
+                                                            else "does not exist"))
     records = read_objects(path, DataError)
     if not records:
         raise DataError(f"{path}: no records; the training set is empty")
@@ -60,18 +61,29 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
 
 
 def record_to_messages(record: dict, think_format: ThinkFormat) -> list[dict]:
-    """Chat messages of a `messages` record or an s1K-style {question, thinking, answer} record; an assistant
-    message holds its thinking apart from its answer, even when the record has it rendered into the content."""
+    """Chat messages of a `messages` record, a {question, thinking, answer} record or an s1K record (question,
+    thinking_trajectories, attempt: curate.run's selected.jsonl); an assistant message holds its thinking apart
+    from its answer, even when the record has it rendered into the content."""
     if "messages" in record:
         messages = record["messages"]
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise DataError("'messages' must be a list of {role, content} objects")
+        try:
+            check_messages(messages)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"'messages': {e}") from e
+        if messages[0]["role"] == "assistant":
+            raise DataError("'messages' opens with the assistant's turn: nothing prompts it")
     elif {"question", "thinking", "answer"} <= record.keys():
         messages = [{"role": "user", "content": record["question"]},
                     {"role": "assistant", "thinking": record["thinking"], "content": record["answer"]}]
+    elif {"question", "thinking_trajectories", "attempt"} <= record.keys():
+        trajectories = record["thinking_trajectories"]
+        if not isinstance(trajectories, list) or not trajectories:
+            raise DataError(f"'thinking_trajectories' must be a non-empty list of strings, got {trajectories!r:.200}")
+        messages = [{"role": "user", "content": record["question"]},
+                    {"role": "assistant", "thinking": trajectories[0], "content": record["attempt"]}]
     else:
-        raise DataError(f"unknown record shape with keys {sorted(record)}; expected 'messages', 'text', or "
-                        "'question' + 'thinking' + 'answer'")
+        raise DataError(f"unknown record shape with keys {sorted(record)}; expected 'messages', 'text', "
+                        "'question' + 'thinking' + 'answer', or s1K's 'question' + 'thinking_trajectories' + 'attempt'")
     return [_checked_message(m, think_format) for m in messages]
 
 
@@ -89,6 +101,10 @@ def _checked_message(message: dict, think_format: ThinkFormat) -> dict:
     if content.startswith(start) and end in content:  # rendered in the think format: take the thinking apart
         thinking, answer = content[len(start):].split(end, 1)
         return {"role": role, "thinking": thinking, "content": answer}
+    for name, other in THINK_FORMATS.items():  # rendered in another: it would train as a plain answer
+        if content.startswith(other.think_start) and other.think_end in content:
+            raise DataError(f"an assistant turn is rendered in the {name} think format ({other.think_start!r} ... "
+                            f"{other.think_end!r}), not {think_format.name}'s; pass --think-format {name}")
     return {"role": role, "content": content}
 
 

@@ -282,14 +282,23 @@ class Setup:
 def prepare(cfg: TrainConfig, world_size: int, log: Callable[[str], None] = print_to_stderr) -> Setup:
     """Everything that can reject the input, done before the model loads or a step runs."""
     check_config(cfg, world_size)
+    output_dir = Path(cfg.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output-dir {output_dir} is a file; give a directory (new or an earlier run's)")
     model_path = model_dir(cfg)
     if not (model_path / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in model dir {model_path}")
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     dataset = load_dataset(cfg.data, tokenizer, get_think_format(cfg.think_format), cfg.block_size)
     plan, signature = build_plan(dataset, cfg), plan_signature(cfg, dataset)
-    checkpoint = latest_checkpoint(Path(cfg.output_dir), log)
-    if checkpoint is not None:
+    checkpoint = latest_checkpoint(output_dir, log)
+    if checkpoint is None:  # a new run: it writes train_log.jsonl and model/ anew
+        earlier = [name for name in ("model", "train_log.jsonl") if (output_dir / name).exists()
+                   and (name == "model" or not cfg.resume)]  # --resume restarts a run cut short before a checkpoint
+        if earlier:
+            raise ValueError(f"{cfg.output_dir} holds an earlier run ({', '.join(earlier)}) and no checkpoint to "
+                             "resume from; choose another --output-dir (or delete them to start over there)")
+    else:
         if not cfg.resume:
             raise ValueError(f"{cfg.output_dir} holds checkpoint {checkpoint.name} of an earlier run; pass --resume "
                              "to continue it or choose another --output-dir")
