@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (sft / "model" / "config.json").is_file():
         run(["train.sft", "--data", str(curated / "sft_s1.jsonl"), "--output-dir", str(sft), "--block-size",
              str(args.block_size), "--epochs", str(args.epochs), "--global-batch-size", "1", "--max-steps",
-             str(steps), "--lr", "1e-5", "--pack"], log)
+             str(steps), "--lr", "1e-5", "--pack", "--resume"], log)  # --resume: a run cut short starts over
 
     tables = {}
     for name, model in (("before", None), ("after", sft / "model")):
