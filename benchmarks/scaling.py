@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from benchmarks.evalsets import EvalItem, load_eval_set
@@ -168,15 +169,17 @@ def lock_output(out: Path) -> int:
     return lock
 
 
-def record_run(args: argparse.Namespace, items: list[EvalItem], llm: LLM, out: Path) -> None:
-    """Record in run.json what shapes samples: the flags, the engine's device and dtype, and a digest of every
-    question by id. Resuming with other flags, or with a question whose text or options changed under its id,
-    would mix incomparable samples, so it is refused; other questions (a larger --limit, another file) and
-    other methods and settings may join. Samples without a record are refused too (their flags are unknown)."""
+def check_record(args: argparse.Namespace, items: list[EvalItem], device: torch.device, dtype: torch.dtype,
+                 out: Path) -> dict:
+    """What run.json records of what shapes samples: the flags, the engine's device and dtype, and a digest of
+    every question by id. Resuming with other flags, or with a question whose text or options changed under its
+    id, would mix incomparable samples, so it is refused (before the model loads); other questions (a larger
+    --limit, another file) and other methods and settings may join. Samples without a record are refused too
+    (their flags are unknown). Returns the record that write_record puts in place once the run starts."""
     record = out / "run.json"
     start_over = "use another dir, or delete run.json and the samples-*.jsonl files there to start over"
-    flags = {**{name: getattr(args, name) for name in RESULT_FLAGS}, "device": llm.device.type,
-             "dtype": str(llm.dtype).removeprefix("torch.")}
+    flags = {**{name: getattr(args, name) for name in RESULT_FLAGS}, "device": device.type,
+             "dtype": str(dtype).removeprefix("torch.")}
     if not record.exists() and any(out.glob("samples-*.jsonl")):
         raise UsageError(f"--output {out} holds samples but no run.json, so not the flags they were made with; "
                          + start_over)
@@ -202,12 +205,17 @@ def record_run(args: argparse.Namespace, items: list[EvalItem], llm: LLM, out: P
         elif recorded != question_digest(i):
             edited.append(i.id)
     if changed or edited:
-        what = f"other {', '.join(changed)}" if changed else f"another question under the id {edited[0]!r}"
+        what = ("other flags: " + ", ".join(f"--{k.replace('_', '-')} {old.get(k)!r} (now {flags[k]!r})" for k in changed)
+                if changed else f"another question under the id {edited[0]!r}")
         raise UsageError(f"--output {out} holds a run made with {what}; resume with the same flags and questions "
                          "or use another dir")
-    tmp = record.with_suffix(".tmp")  # replaced at once: a crash leaves the old record or the new one
-    tmp.write_text(json.dumps({**flags, "questions": questions}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, record)
+    return {**flags, "questions": questions}
+
+
+def write_record(out: Path, record: dict) -> None:
+    tmp = out / "run.tmp"  # replaced at once: a crash leaves the old record or the new one
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "run.json")
 
 
 def check_room(h: Harness, methods: list[Method], items: list[EvalItem]) -> None:
@@ -296,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         try:
+            record = check_record(args, items, device, dtype, out)
             llm = LLM(model=args.model, device=device, dtype=dtype)
             h = Harness(llm, args.think_format, args.system, args.max_tokens, args.max_answer_tokens,
                         args.final_answer_str or None, args.ignore_str, args.temperature, args.top_p, args.top_k,
@@ -303,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             for sampled in (False, True):  # bad sampling or budget flags fail here, not mid-run
                 h.params(h.prompt(items[0]), items[0], h.budget(None, num_ignore=1), sampled=sampled)
             check_room(h, methods, items)
-            record_run(args, items, llm, out)
+            write_record(out, record)
         except (ValueError, OSError, ImportError, KeyboardInterrupt) as e:
             if fresh and not any(out.iterdir()):
                 out.rmdir()  # refused before anything was written: leave no empty dir behind

@@ -157,10 +157,11 @@ def test_interrupted_run_resumes_to_the_same_files(model_dir, data, tmp_path, mo
         appended.append((log.path.name, new_rows[0]["id"])), original(log, new_rows)))
     assert run(model_dir, data, tmp_path / "resumed", *flags) == 0
 
+    monkeypatch.setattr(scaling, "LLM", None)  # the refusals come before the model loads
     assert run(model_dir, data, tmp_path / "resumed", *flags, "--seed", "1") == 2  # other flags: refused
-    assert "other seed" in capsys.readouterr().err
+    assert "holds a run made with other flags: --seed 0 (now 1);" in capsys.readouterr().err
     assert run(model_dir, data, tmp_path / "resumed", *flags, "--dtype", "bfloat16") == 2  # another precision
-    assert "other dtype" in capsys.readouterr().err
+    assert "other flags: --dtype 'float32' (now 'bfloat16')" in capsys.readouterr().err
     original = data.read_text()
     data.write_text(original.replace("What is 2+2?", "What is 3+3?"))  # the same file and flags, another set
     assert run(model_dir, data, tmp_path / "resumed", *flags) == 2
