@@ -30,7 +30,9 @@ def mean_answer_logprob(item: EvalItem, outputs: list[Output]) -> list[float]:
 
 class RewardModel:
     """Any dir that transformers loads as AutoModelForSequenceClassification: the first logit of
-    (question, the sample's full output) as a chat, or as plain text when the tokenizer has no chat template."""
+    (question, the sample's full output) as a chat, or as plain text when the tokenizer has no chat template.
+    A text longer than the model takes (its tokenizer's or its positions' limit) loses its start, not the
+    answer at its end."""
 
     def __init__(self, path: str | Path, device: str = "cpu"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -40,6 +42,11 @@ class RewardModel:
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot load a reward model from {path}: {e}") from e
         self.device = device
+        # a tokenizer may leave its limit unset (transformers then says 1e30): the positions bound it
+        limits = [n for n in (self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", None))
+                  if isinstance(n, int) and 0 < n < 1 << 32]
+        self.max_length = min(limits) if limits else None
+        self.tokenizer.truncation_side = "left"
 
     def text(self, item: EvalItem, output: Output) -> str:
         messages = [{"role": "user", "content": prompt_text(item)}, {"role": "assistant", "content": output.text}]
@@ -51,7 +58,8 @@ class RewardModel:
     def __call__(self, item: EvalItem, outputs: list[Output]) -> list[float]:
         scores = []
         for output in outputs:
-            inputs = self.tokenizer(self.text(item, output), return_tensors="pt", truncation=True).to(self.device)
+            inputs = self.tokenizer(self.text(item, output), return_tensors="pt", truncation=True,
+                                    max_length=self.max_length).to(self.device)
             scores.append(self.model(**inputs).logits[0, 0].float().item())
         return scores
 

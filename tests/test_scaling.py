@@ -20,7 +20,7 @@ from benchmarks import scaling
 from benchmarks.evalsets import EvalItem, write_eval_set
 from benchmarks.scaling_log import SampleLog, read_rows
 from benchmarks.scaling_report import parallel_runs
-from benchmarks.scaling_scorers import answer_tokens, mean_answer_logprob
+from benchmarks.scaling_scorers import answer_tokens, make_scorer, mean_answer_logprob
 from engine import Output
 
 QUESTIONS = [
@@ -234,6 +234,26 @@ def test_best_of_n_with_a_reward_model(model_dir, data, tmp_path, tokenizer_dir)
     groups = [best[:4], best[4:]]
     expected = 100 * sum(max(g[:2], key=lambda r: r["score"])["correct"] for g in groups) / 2
     assert by_k["k=2"]["best_at_k"] == pytest.approx(expected)
+
+
+def test_a_reward_model_scores_a_long_output_by_its_end(tmp_path, tokenizer_dir):
+    config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=2,
+                         max_position_embeddings=64)  # the tokenizer sets no limit: the positions do
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path)
+    for f in tokenizer_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    scorer = make_scorer(str(tmp_path))
+    seen = []
+    forward = scorer.model.forward
+    scorer.model.forward = lambda **inputs: seen.append(inputs["input_ids"][0].tolist()) or forward(**inputs)
+    answer = " so the answer is 42"
+    text = "think " * 200 + answer
+    output = Output(0, [5], token_ids=[], text=text, thinking_text="", answer_text="", num_thinking_tokens=0,
+                    num_answer_tokens=0, num_ignores_used=0, finish_reason="stop", stop_reason=None)
+    assert math.isfinite(scorer(QUESTIONS[0], [output])[0])
+    full = scorer.tokenizer(scorer.text(QUESTIONS[0], output))["input_ids"]
+    assert len(full) > 64 and seen == [full[-64:]]  # its last 64 tokens: the answer kept
 
 
 def test_logprob_scorer_averages_the_sampled_answer_tokens():
