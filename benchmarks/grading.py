@@ -52,7 +52,7 @@ _LETTER_THEN_TEXT = re.compile(r"^\(?([A-Z])\)?[,:.]?\s+(.+)$")
 _LONE_LETTER = re.compile(r"^[(\[]?([A-Z])[)\]]?[.:]?$", re.IGNORECASE)  # "B", "(B)", "[B]", "b."
 _LETTER_IS = re.compile(r"^\(?([A-Z])\)?\s+is\s+(?:the\s+)?(?:correct|right)(?:\s+(?:answer|option|choice))?\s*(?:[.!;,]|$)")
 _HEDGE = re.compile(r"^(?:both|either)?\s*\(([A-Z])\)\s*(?:,|or|and|/)\s*\(([A-Z])\)\.?$", re.IGNORECASE)  # "(A) and (B)"
-_LEADING_LETTER = re.compile(r"^\(?([A-Z])(?:\)[.:,]?|[.:])(?=\s|$)")  # "B) ...", "(B). ...", "(B), not (A)"
+_LEADING_LETTER = re.compile(r"^\(?([A-Z])[).:]\s")
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)")
 _DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", re.DOTALL)
 # numbers offered as alternatives: "5 or 7", "$5$ and $7$", "x = 5, y = 7", a list "1, 2"

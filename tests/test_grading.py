@@ -207,9 +207,10 @@ CHOICE_PAIRS = [
     ("(C) since (A) and (B) ignore spin", "C", True),  # options named in prose are not a hedge
     ("C. Options (A) and (B) both ignore spin.", "C", True),
     ("C is correct; (A) and (B) ignore spin", "C", True),
-    ("(A). (D) is massless.", "A", True),  # the option it opens with, not one its reason names
-    ("(A), not (B)", "A", True),
-    ("(B), not (A)", "B", True),
+    # an opening "(A)," or "(A)." may be an option being rejected: the last option in parentheses is the one given
+    ("(A), (B) and (D) are incorrect; the correct answer is (C).", "C", True),
+    ("(A): wrong; (B): wrong; (C): right", "C", True),
+    ("(A). Wait, it is (C)", "C", True),
     ("A is right-angled, so the answer is (C)", "C", True),
     ("A is correct only for bosons; the answer is B", "B", True),
 ]

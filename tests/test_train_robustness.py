@@ -71,7 +71,7 @@ def test_an_earlier_run_without_checkpoints_is_not_overwritten(tiny, tmp_path):
             prepare(parse_args(sft_args(*tiny, out, max_steps=1, **resume)), world_size=1)  # it would start over
     assert (out / "train_log.jsonl").read_text() == log
     shutil.rmtree(out / "model")  # as a run cut short before its first checkpoint leaves it
-    with pytest.raises(ValueError, match=r"holds an earlier run \(train_log.jsonl\) and no checkpoint"):
+    with pytest.raises(ValueError, match=r"holds an earlier run \(train_log.jsonl\) and no checkpoint to resume from; pass --resume to start it over"):
         prepare(parse_args(sft_args(*tiny, out, max_steps=1)), world_size=1)
     assert prepare(parse_args(sft_args(*tiny, out, max_steps=1, resume=True)), world_size=1).checkpoint is None
     (tmp_path / "a-file").write_text("x")

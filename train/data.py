@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from engine.conversation import check_messages, conversation_ids
+from engine.conversation import conversation_ids
 from engine.jsonl import read_objects
 from engine.tokenizer import THINK_FORMATS, ThinkFormat
 
@@ -65,12 +65,10 @@ def record_to_messages(record: dict, think_format: ThinkFormat) -> list[dict]:
     thinking_trajectories, attempt: curate.run's selected.jsonl); an assistant message holds its thinking apart
     from its answer, even when the record has it rendered into the content."""
     if "messages" in record:
-        messages = record["messages"]
-        try:
-            check_messages(messages)
-        except (TypeError, ValueError) as e:
-            raise DataError(f"'messages': {e}") from e
-        if messages[0]["role"] == "assistant":
+        messages = record["messages"]  # any role the chat template takes (tool turns too); only the assistant's train
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            raise DataError("'messages' must be a non-empty list of {role, content} objects")
+        if messages[0].get("role") == "assistant":
             raise DataError("'messages' opens with the assistant's turn: nothing prompts it")
     elif {"question", "thinking", "answer"} <= record.keys():
         messages = [{"role": "user", "content": record["question"]},

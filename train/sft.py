@@ -296,8 +296,9 @@ def prepare(cfg: TrainConfig, world_size: int, log: Callable[[str], None] = prin
         earlier = [name for name in ("model", "train_log.jsonl") if (output_dir / name).exists()
                    and (name == "model" or not cfg.resume)]  # --resume restarts a run cut short before a checkpoint
         if earlier:
+            restart = "" if "model" in earlier else "pass --resume to start it over there, or "
             raise ValueError(f"{cfg.output_dir} holds an earlier run ({', '.join(earlier)}) and no checkpoint to "
-                             "resume from; choose another --output-dir (or delete them to start over there)")
+                             f"resume from; {restart}choose another --output-dir (or delete them to start over there)")
     else:
         if not cfg.resume:
             raise ValueError(f"{cfg.output_dir} holds checkpoint {checkpoint.name} of an earlier run; pass --resume "
