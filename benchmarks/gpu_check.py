@@ -371,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--budget must be positive")
     deadline = time.monotonic() + (args.budget or BUDGET_S[args.smoke])
     results = args.results or (None if args.smoke else Path(__file__).with_name("RESULTS.md"))
+    if results is not None:  # before any part runs: a lent GPU's time is not spent on tables that cannot be kept
+        try:
+            open(results, "a").close()
+        except OSError as e:
+            parser.error(f"--results {results}: cannot append there ({e.strerror})")
     out, failures = Results(results), []
     kernel_dtype = "fp16" if args.smoke else "bf16"  # bf16 dot is wrong under the interpreter
     with tempfile.TemporaryDirectory() as work:
@@ -378,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             values, failure = spawn(section, args.smoke, Path(work), deadline - time.monotonic())
             if failure:
                 failures.append(f"{section}: {failure}")
+                values.setdefault("status", "skipped" if failure.startswith("skipped") else "failed")
             return values
 
         copy = part("copy")  # the parent itself never touches the GPU: its context would cost the engines memory
@@ -392,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             v = part(f"kernel:{kernel}")
             rate = v["bytes"] / v["seconds"] if "seconds" in v else None
             flops = v["flops"] / v["seconds"] / 1e12 if "flops" in v and "seconds" in v else None
-            out.write(f"| {kernel} | {v.get('error', 'failed')} | {fmt(v.get('seconds') and v['seconds'] * 1e6)} | "
+            out.write(f"| {kernel} | {v.get('error', v.get('status', 'failed'))} | {fmt(v.get('seconds') and v['seconds'] * 1e6)} | "
                       f"{fmt(rate and rate / 1e9)} | {fmt(rate and bandwidth and rate / bandwidth, '{:.0%}')} | "
                       f"{fmt(flops, '{:.3g}')} |")
             if kernel == "decode_attention":

@@ -1,6 +1,8 @@
 """benchmarks/gpu_check.py --smoke: the GPU check's code paths at tiny sizes, on the CPU under the Triton
 interpreter, so the script cannot rot while no GPU is lent; and a part that fails or runs out of time
 costs only its own rows."""
+import pytest
+
 from benchmarks import gpu_check
 
 
@@ -44,11 +46,20 @@ def test_a_failing_part_costs_only_its_row(tmp_path, monkeypatch):
     assert "- kernel:no_such_kernel: failed (exit 1): KeyError: 'no_such_kernel'" in text
 
 
+def test_a_results_file_that_cannot_be_written_is_refused_before_any_part_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gpu_check, "spawn", None)  # nothing may run
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main(["--smoke", "--results", str(tmp_path / "no-dir" / "RESULTS.md")])
+    assert exit_info.value.code == 2
+    assert "--results " + str(tmp_path / "no-dir" / "RESULTS.md") + ": cannot append there" in capsys.readouterr().err
+
+
 def test_the_time_budget_stops_a_part_and_skips_the_rest(tmp_path):
     results = tmp_path / "RESULTS.md"
     assert gpu_check.main(["--smoke", "--budget", "0.5", "--results", str(results)]) == 1
     text = results.read_text()
     assert "- copy: stopped after 0 s (time budget)" in text or "- copy: skipped" in text
     assert "- kernel:decode_attention: skipped: the time budget was spent" in text
+    assert "| decode_attention | skipped | - |" in text  # not "failed"
     assert "- transformers:tiny: skipped: the time budget was spent" not in text  # no model, so no runs on it
     assert "| tiny decode, batch 1 | - | - | - | - | - |" in text
