@@ -66,7 +66,13 @@ def serve_run(port: int, prompts: list[list[int]], max_tokens: int, concurrency:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    llm = LLM(model=args.model, dtype=args.dtype, max_num_seqs=max(args.concurrency))
+    try:
+        llm = LLM(model=args.model, dtype=args.dtype, max_num_seqs=max(args.concurrency))
+    except (ValueError, TypeError, OSError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if args.prompt_tokens + args.max_tokens > llm.max_model_len:
+        raise SystemExit(f"error: --prompt-tokens {args.prompt_tokens} + --max-tokens {args.max_tokens} pass the "
+                         f"context of {llm.max_model_len}")
     prompts = text_prompts(llm.tokenizer, [args.prompt_tokens] * args.requests)
     params = SamplingParams(max_tokens=args.max_tokens, ignore_eos=True)
     llm.generate(prompts[:2], params, use_tqdm=False)  # warm-up

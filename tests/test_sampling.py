@@ -1,6 +1,7 @@
 """Sampling: per-request seeds, top-k / top-p, padded vocab, stops, streaming."""
 import re
 
+import pytest
 import torch
 
 from engine import LLM, SamplingParams
@@ -117,3 +118,8 @@ def test_the_seed_stability_benchmark_runs(make_model, capsys):
     assert seed_stability.main(["--model", str(make_model("llama", seed=2)), "--prompts", "2", "--tokens", "4",
                                 "--prompt-tokens", "8"]) == 0
     assert re.search(r": \d/6 samples of n=3 parted from their n=1 runs within 4 tokens", capsys.readouterr().out)
+    for flags, message in ((["--prompt-tokens", "100000"], "--prompt-tokens 100000 + --tokens 48 pass the context of"),
+                           (["--n", "0"], "must be positive"), (["--dtype", "float8"], "unsupported dtype")):
+        with pytest.raises(SystemExit) as exit_info:  # a request that fails has no tokens: they must not count as agreeing
+            seed_stability.main(["--model", str(make_model("llama", seed=2)), *flags])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

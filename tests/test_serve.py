@@ -380,6 +380,8 @@ def test_the_load_benchmark_runs(make_model, capsys):
                             "--max-tokens", "4"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| server")]
     assert len(rows) == 2
+    with pytest.raises(SystemExit, match="--prompt-tokens 100000 \\+ --max-tokens 4 pass the context of"):
+        serve_load.main(["--model", str(path), "--requests", "1", "--prompt-tokens", "100000", "--max-tokens", "4"])
 
 
 def test_bookkeeping_fields_the_developer_role_and_edge_values_are_taken(server, s1_llm):
