@@ -8,13 +8,14 @@ time with their share of the step's wall time; what no op accounts for is Python
 where kernel time is counted, the GPU's idle gaps between launches).
 """
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 CATEGORIES = (  # (category, substrings of op names), first match wins
     ("attention", ("scaled_dot_product", "attention", "index_select", "index_copy", "_store_kv", "_decode", "_extend")),
@@ -24,6 +25,31 @@ CATEGORIES = (  # (category, substrings of op names), first match wins
     ("activation", ("silu",)),
     ("sampling", ("_sample", "softmax", "sort", "topk", "argmax", "cumsum", "searchsorted", "index_put")),
 )
+
+
+# the engine's ops, each profiled as a range whose name gives its category: the aten ops inside count with it
+# (the rotary's complex mul_, the norm's pow and mean), and so does the Python between them
+RANGES = {"attention": "_attention", "rms_norm": "_rms_norm", "proj_add_norm": "_proj_add_rms_norm",
+          "rotary_": "_rotary_", "silu_and_mul": "_silu_and_mul"}
+
+
+@contextlib.contextmanager
+def ranged_ops(ops):
+    originals = {method: getattr(ops, method) for method in RANGES}
+
+    def ranged(fn, label):
+        def call(*args, **kwargs):
+            with record_function(label):
+                return fn(*args, **kwargs)
+        return call
+
+    for method, fn in originals.items():
+        setattr(ops, method, ranged(fn, RANGES[method]))
+    try:
+        yield
+    finally:
+        for method, fn in originals.items():
+            setattr(ops, method, fn)
 
 
 def _positive(text: str) -> int:
@@ -37,18 +63,47 @@ def category(name: str) -> str:
     return next((cat for cat, keys in CATEGORIES if any(k in name for k in keys)), "other ops")
 
 
-def op_times(events, device_time: bool) -> dict[str, float]:
-    """Self time (us) by op: on the CPU, the aten ops and the engine's own (Triton references); on a GPU,
-    the kernels themselves (an aten op's device time is its kernels' again, so only device events count)."""
+def category_times(events, device_time: bool) -> dict[str, float]:
+    """Self time (us) by category, of the profile's events. On the CPU an op that its name leaves in "other
+    ops" counts with its nearest enclosing op that has a category (F.rms_norm runs as pow, mean, add, rsqrt
+    and mul inside aten::rms_norm: all of them are the norm's)."""
+    by_cat: dict[str, float] = {}
+    for e in events:
+        if not counted(e, device_time):
+            continue
+        cat, node = "other ops", e
+        while cat == "other ops" and node is not None:
+            cat, node = category(node.key), None if device_time else node.cpu_parent
+        by_cat[cat] = by_cat.get(cat, 0.0) + self_time(e, device_time)
+    return by_cat
+
+
+def counted(event, device_time: bool) -> bool:
+    """Whether an event's self time is op time: on the CPU, the aten ops and the engine's own (Triton
+    references); on a GPU, the kernels themselves (an aten op's device time is its kernels' again)."""
     if device_time:
-        return {e.key: e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA}
-    return {e.key: e.self_cpu_time_total for e in events
-            if e.device_type == DeviceType.CPU and e.key.startswith(("aten::", "_"))}
+        return event.device_type == DeviceType.CUDA
+    return event.device_type == DeviceType.CPU and event.key.startswith(("aten::", "_"))
+
+
+def self_time(event, device_time: bool) -> float:
+    return event.self_device_time_total if device_time else event.self_cpu_time_total
+
+
+def op_times(events, device_time: bool) -> dict[str, float]:
+    """Self time (us) by op name, of averaged events."""
+    return {e.key: self_time(e, device_time) for e in events if counted(e, device_time)}
+
+
+def trace_path(trace: Path, label: str) -> Path:
+    """t.json -> t-decode.json; t.json.gz -> t-decode.json.gz (torch writes gzip for .gz); t -> t-decode.json."""
+    suffix = next((s for s in (".json.gz", ".json") if trace.name.endswith(s)), trace.suffix or ".json")
+    return trace.with_name(f"{trace.name.removesuffix(suffix)}-{label}{suffix}")
 
 
 def profiled_steps(llm, steps: int, trace: Path | None, label: str) -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if llm.device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with ranged_ops(llm.core.runner.ops), profile(activities=activities) as prof:
         start = time.perf_counter()
         for _ in range(steps):
             llm.core.step()
@@ -56,12 +111,10 @@ def profiled_steps(llm, steps: int, trace: Path | None, label: str) -> None:
             torch.cuda.synchronize()
         wall_us = (time.perf_counter() - start) * 1e6
     if trace is not None:
-        prof.export_chrome_trace(str(trace.with_name(f"{trace.stem}-{label}{trace.suffix or '.json'}")))
+        prof.export_chrome_trace(str(trace_path(trace, label)))
     device_time = llm.device.type == "cuda"
     self_us = op_times(prof.key_averages(), device_time)
-    by_cat: dict[str, float] = {}
-    for name, us in self_us.items():
-        by_cat[category(name)] = by_cat.get(category(name), 0.0) + us
+    by_cat = category_times(prof.events(), device_time)
     print(f"\n{label}: {steps} step(s), {wall_us / steps / 1e3:.2f} ms per step")
     for cat, us in sorted(by_cat.items(), key=lambda kv: -kv[1]):
         print(f"  {cat:<24} {us / steps / 1e3:8.3f} ms  {us / wall_us:6.1%}")
@@ -77,8 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kernels.profile", description="profile the engine's decode and prefill steps")
     from benchmarks.gpu_check import SHAPES, random_model
 
-    parser.add_argument("--model", type=Path, help="HF model dir (default: the default model)")
-    parser.add_argument("--shape", choices=sorted(SHAPES), help="random weights of a named shape instead")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", type=Path, help="HF model dir (default: the default model)")
+    source.add_argument("--shape", choices=sorted(SHAPES), help="random weights of a named shape instead")
     parser.add_argument("--batch", type=_positive, default=1)
     parser.add_argument("--context", type=_positive, default=256, help="prompt tokens per sequence")
     parser.add_argument("--steps", type=_positive, default=10, help="decode steps profiled")
@@ -92,14 +146,30 @@ def main(argv: list[str] | None = None) -> None:
     if args.cuda_graphs and (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0] != "cuda":
         parser.error("--cuda-graphs needs a CUDA device")
     from engine import LLM, SamplingParams
+    from engine.device import resolve_device
 
-    if args.trace is not None and not args.trace.parent.is_dir():
-        parser.error(f"--trace {args.trace}: no dir {args.trace.parent} to write the traces into")
+    if args.trace is not None:
+        if args.trace.is_dir():
+            parser.error(f"--trace {args.trace} is a dir; give a file name (t.json writes t-prefill.json, t-decode.json)")
+        if not args.trace.parent.is_dir():
+            parser.error(f"--trace {args.trace}: no dir {args.trace.parent} to write the traces into")
+        for label in ("prefill", "decode"):  # torch's exporter only logs a failure: find it now
+            path = trace_path(args.trace, label)
+            existed = path.exists()
+            try:
+                open(path, "a").close()
+            except OSError as e:
+                parser.error(f"--trace {args.trace}: cannot write {path} ({e.strerror})")
+            if not existed:
+                path.unlink()
 
     with tempfile.TemporaryDirectory() as work:
         model = args.model
         if args.shape is not None:
-            device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            try:
+                device = resolve_device(args.device)
+            except (ValueError, TypeError) as e:
+                parser.error(str(e))
             dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
             model = Path(work) / args.shape
             random_model(args.shape, model, device, getattr(torch, dtype))

@@ -1,4 +1,5 @@
 """python -m kernels.profile on the CPU: per-category times of decode and prefill steps, and traces."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -26,12 +27,34 @@ def test_profile_prints_categories_and_writes_traces(make_model, tmp_path, capsy
                                           (["--kernels", "triton"], "TRITON_INTERPRET=1"),
                                           (["--context", "100000"], "is past the model's context"),
                                           (["--trace", "/no/such/dir/t.json"], "no dir /no/such/dir to write"),
+                                          (["--trace", "/proc/t.json"], "cannot write /proc/t-prefill.json"),
+                                          (["--trace", "/tmp"], "--trace /tmp is a dir; give a file name"),
                                           (["--model", "/no/such/model"], "model dir /no/such/model does not exist")))
 def test_bad_arguments_are_one_line_errors(make_model, capsys, monkeypatch, args, message):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(SystemExit) as exit_info:
         profile.main(["--model", str(make_model("llama")), "--steps", "1", *args])  # a later --model wins
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", ((["--shape", "tiny", "--model", "/x"], "not allowed with argument"),
+                                          (["--shape", "tiny", "--device", "foo"], "invalid device 'foo'")))
+def test_a_named_shape_takes_no_model_and_a_bad_device_is_one_line(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        profile.main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_ops_inside_a_categorized_op_count_with_it():
+    """F.rms_norm's pow runs inside aten::rms_norm; the rotary's complex mul_ inside the engine's _rotary_ range."""
+    event = lambda key, parent=None: SimpleNamespace(key=key, device_type=DeviceType.CPU, self_cpu_time_total=1.0,  # noqa: E731
+                                                     cpu_parent=parent)
+    norm, rotary = event("aten::rms_norm"), event("_rotary_")
+    events = [norm, event("aten::pow", norm), event("aten::mean", event("aten::other", norm)), rotary,
+              event("aten::mul_", rotary), event("aten::mul_"), event("cudaLaunchKernel")]
+    assert profile.category_times(events, device_time=False) == {"norm": 3.0, "rotary": 2.0, "other ops": 1.0}
+    assert profile.trace_path(Path("t.json.gz"), "decode") == Path("t-decode.json.gz")
+    assert profile.trace_path(Path("d/t"), "prefill") == Path("d/t-prefill.json")
 
 
 def test_gpu_time_counts_each_kernel_once():
