@@ -22,6 +22,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 ARCHS = (75, 80, 86, 89, 90, 100, 120)
+SHARED_PER_BLOCK = {75: 64 << 10, 80: 163 << 10, 86: 99 << 10, 89: 99 << 10, 90: 227 << 10, 100: 227 << 10,
+                    120: 99 << 10}  # the most shared memory a block may have (opted in), by compute capability
 DTYPE_CODES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 HEADS, KV_HEADS, HEAD_DIM, HIDDEN, INTERMEDIATE, VOCAB = 12, 2, 128, 1536, 8960, 151936
 ELEMENT_SIZES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -84,14 +86,19 @@ def kernel_specs(t: str, block_size: int = 16) -> dict[str, tuple]:
     }
 
 
-def resource_usage(cubin: bytes) -> dict[str, int]:
-    """REG, STACK, SHARED, LOCAL, ... of the cubin's one function, from `cuobjdump -res-usage`."""
+def cuobjdump(cubin: bytes, flag: str) -> str:
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-    return {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", text.split("Function", 1)[1])}
+        return subprocess.run([str(tool), flag, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def resource_usage(cubin: bytes) -> dict[str, int]:
+    """REG, STACK, SHARED, ... of the cubin's one function (`cuobjdump -res-usage`), and LOCAL_OPS: its
+    local-memory loads and stores in the machine code (register spills go to the stack frame, through them)."""
+    usage = {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", cuobjdump(cubin, "-res-usage").split("Function", 1)[1])}
+    return usage | {"LOCAL_OPS": len(re.findall(r"\b(?:STL|LDL)(?:\.\w+)*\s", cuobjdump(cubin, "-sass")))}
 
 
 def compile_all(arch: int, dtype: str, block_size: int = 16) -> list[dict]:
@@ -104,7 +111,7 @@ def compile_all(arch: int, dtype: str, block_size: int = 16) -> list[dict]:
         compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", arch, 32),
                                   options=options)
         usage = resource_usage(compiled.asm["cubin"])
-        rows.append(dict(kernel=name, registers=usage["REG"], spilled_bytes=usage["LOCAL"], stack=usage["STACK"],
+        rows.append(dict(kernel=name, registers=usage["REG"], local_ops=usage["LOCAL_OPS"], stack=usage["STACK"],
                          shared=compiled.metadata.shared, num_warps=options["num_warps"],
                          num_stages=options.get("num_stages", 3)))
     return rows
@@ -122,11 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     rows = compile_all(args.arch, args.dtype, args.block_size)
     print(f"sm_{args.arch}, {args.dtype}, {args.block_size}-token blocks: every kernel compiled")
-    print(f"{'kernel':<28}{'warps':>6}{'stages':>7}{'regs':>6}{'spilled B':>11}{'stack B':>9}{'shared B':>10}")
+    print(f"{'kernel':<28}{'warps':>6}{'stages':>7}{'regs':>6}{'local ld/st':>13}{'stack B':>9}{'shared B':>10}")
     for r in rows:
-        print(f"{r['kernel']:<28}{r['num_warps']:>6}{r['num_stages']:>7}{r['registers']:>6}{r['spilled_bytes']:>11}"
+        print(f"{r['kernel']:<28}{r['num_warps']:>6}{r['num_stages']:>7}{r['registers']:>6}{r['local_ops']:>13}"
               f"{r['stack']:>9}{r['shared']:>10}")
-    return 0
+    limit = SHARED_PER_BLOCK[args.arch]
+    over = [r for r in rows if r["shared"] > limit]
+    for r in over:
+        print(f"error: {r['kernel']} needs {r['shared']} B of shared memory a block; sm_{args.arch} allows {limit}: "
+              "it cannot launch there", file=sys.stderr)
+    return 1 if over else 0
 
 
 if __name__ == "__main__":
