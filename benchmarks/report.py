@@ -99,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", help="a pytest-benchmark JSON file (--benchmark-json=FILE)")
     args = parser.parse_args(argv)
-    found = load(args.json)
+    try:
+        found = load(args.json)
+    except (OSError, ValueError) as e:
+        parser.error(f"{args.json}: not a readable pytest-benchmark JSON file ({e})")
     if not found:
         print(f"no throughput benchmarks in {args.json}", file=sys.stderr)
         return 1

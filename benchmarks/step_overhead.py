@@ -58,17 +58,23 @@ def no_math_llm(path: Path, max_num_seqs: int):
 
 
 def step_ms(llm, batch: int, steps: int, temperature: float) -> float:
+    """Milliseconds a decode step: a run to `steps` tokens less a run to 1 (admission and the prefill step),
+    over the steps - 1 decode steps between them; each run the best of 3 after a warm-up."""
     from engine import SamplingParams
 
     prompts = [[5 + i, 6, 7] for i in range(batch)]
-    params = SamplingParams(max_tokens=steps, ignore_eos=True, temperature=temperature, seed=0)
-    llm.generate(prompts, params, use_tqdm=False)  # warm-up
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        llm.generate(prompts, params, use_tqdm=False)
-        best = min(best, time.perf_counter() - start)
-    return best / steps * 1e3
+
+    def best_run(tokens: int) -> float:
+        params = SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=temperature, seed=0)
+        llm.generate(prompts, params, use_tqdm=False)  # warm-up
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            llm.generate(prompts, params, use_tqdm=False)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return (best_run(steps) - best_run(1)) / (steps - 1) * 1e3
 
 
 def _batches(text: str) -> list[int]:
@@ -82,13 +88,15 @@ def _batches(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_overhead", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=_batches, default=[1, 64, 256])
     parser.add_argument("--steps", type=int, default=100, help="decode steps timed per batch (best of 3 runs)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy rows; above 0 each row draws")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.steps < 2:
+        parser.error(f"--steps must be at least 2 (a decode step after the prefill), got {args.steps}")
+    if not 0 <= args.temperature < float("inf"):
+        parser.error(f"--temperature must be a number >= 0, got {args.temperature}")
     with tempfile.TemporaryDirectory() as work:
         llm = no_math_llm(tiny_model(Path(work)), max(args.batches))
         print(f"engine host time per decode step, no model math (temperature {args.temperature}):")

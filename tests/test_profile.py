@@ -73,9 +73,22 @@ def test_gpu_time_counts_each_kernel_once():
 def test_step_overhead_times_the_engines_host_work(capsys):
     from benchmarks import step_overhead
 
-    assert step_overhead.main(["--batches", "1,3", "--steps", "4", "--temperature", "0.8"]) == 0
+    assert step_overhead.main(["--batches", "1,3", "--steps", "12", "--temperature", "0.8"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "ms a step" in line]
     assert [line.split(":")[0].split()[-1] for line in lines] == ["1", "3"]
     assert all(float(line.split(":")[1].split("ms")[0]) > 0 for line in lines)
-    with pytest.raises(SystemExit):
-        step_overhead.main(["--batches", "0"])
+    for bad, message in ((["--batches", "0"], "batch sizes must be positive"), (["--steps", "1"], "at least 2"),
+                         (["--temperature", "nan"], "--temperature must be a number >= 0")):
+        with pytest.raises(SystemExit):
+            step_overhead.main(bad)
+        assert message in capsys.readouterr().err
+
+
+def test_the_report_names_a_file_it_cannot_read(tmp_path, capsys):
+    from benchmarks import report
+
+    (tmp_path / "b.json").write_text("{not json")
+    for path in (tmp_path / "b.json", tmp_path / "missing.json"):
+        with pytest.raises(SystemExit):
+            report.main([str(path)])
+        assert f"{path}: not a readable pytest-benchmark JSON file" in capsys.readouterr().err
