@@ -355,7 +355,7 @@ def fmt(value: float | None, pattern: str = "{:.1f}") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU under the Triton interpreter")
     parser.add_argument("--results", type=Path, help="append the tables here (default: benchmarks/RESULTS.md on a GPU)")
     parser.add_argument("--budget", type=float, help="seconds for the whole check (default 450 on a GPU, 600 smoke)")

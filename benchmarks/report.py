@@ -96,7 +96,7 @@ def _fmt(v) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
     parser.add_argument("json", help="a pytest-benchmark JSON file (--benchmark-json=FILE)")
     args = parser.parse_args(argv)
     try:

@@ -118,7 +118,7 @@ def compile_all(arch: int, dtype: str, block_size: int = 16) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="compile every kernel for a GPU without one")
+    parser = argparse.ArgumentParser(prog="python -m kernels.compile_check", description="compile every kernel for a GPU without one")
     parser.add_argument("--arch", type=int, default=90, choices=ARCHS,
                         help="compute capability x 10 (80: A100, 89: L4/L40, 90: H100/H200, 100: B200)")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_CODES), help="activations' and KV cache's dtype")

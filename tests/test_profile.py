@@ -87,6 +87,10 @@ def test_step_overhead_times_the_engines_host_work(capsys):
 def test_the_report_names_a_file_it_cannot_read(tmp_path, capsys):
     from benchmarks import report
 
+    with pytest.raises(SystemExit):
+        report.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m benchmarks.report ")  # as it is run, not report.py
+
     (tmp_path / "b.json").write_text("{not json")
     for path in (tmp_path / "b.json", tmp_path / "missing.json"):
         with pytest.raises(SystemExit):
