@@ -163,7 +163,9 @@ def step_cut(h: Harness, item: EvalItem, prompt: list[int], sample: Sample, max_
 @dataclass(frozen=True)
 class RejectionSampling(Method):
     """Sample at the sampling temperature (no forcing, the auto cap as a safety) until the thinking ends within
-    the cap, up to `max_tries` samples; the row keeps the accepted (or last) sample and its number of tries."""
+    the cap, up to `max_tries` samples; the row keeps the accepted (or last) sample and its number of tries.
+    Only thinking the model ended itself fits: a sample the auto cap cut has no known length, so it fits no
+    cap, not even one at or above the auto cap."""
 
     caps: tuple[int, ...]
     max_tries: int
@@ -188,7 +190,8 @@ class RejectionSampling(Method):
                 return {s: [h.row(item, Sample.of(outputs[0], tries=0, fits=False), int(s))] for s in settings}
             samples += [Sample.of(o) for o in outputs]
             for s in settings:
-                fitting = [i for i, x in enumerate(samples) if x.ended_thinking and x.thinking_tokens <= int(s)]
+                fitting = [i for i, x in enumerate(samples)
+                           if x.ended_thinking and x.thinking_tokens <= int(s) and x.thinking_tokens < auto]
                 if s not in accepted and fitting:
                     accepted[s] = samples[fitting[0]].with_extra(tries=fitting[0] + 1, fits=True)
         last = samples[-1].with_extra(tries=len(samples), fits=False)

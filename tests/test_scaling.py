@@ -456,3 +456,28 @@ def test_rows_graded_by_another_grader_are_regraded_on_resume(model_dir, data, t
     assert scaling.main(["--model", str(model_dir), "--data", str(corrected), "--output", str(tmp_path), *SMALL, *flags]) == 0
     assert "regraded 3 sample rows" in capsys.readouterr().err  # q1 under budget auto, and its 2 parallel samples
     assert {r["reference"] for r in rows(tmp_path / "samples-budget-auto.jsonl") if r["id"] == "q1"} == {"5"}
+
+
+def test_rejection_sampling_accepts_no_sample_the_auto_cap_cut(model_dir):
+    from benchmarks.scaling_harness import Harness
+    from benchmarks.scaling_methods import REJECTION_ROUND, RejectionSampling
+    from engine import LLM
+
+    h = Harness(LLM(model=model_dir), max_tokens=32, max_answer_tokens=4)
+    auto = h.auto_cap(h.prompt(QUESTIONS[0]))
+    answer = "\n<|im_start|>answer\nFinal Answer: 4"
+
+    def output(thinking_tokens):
+        return Output(request_id=0, prompt_token_ids=[], token_ids=[], text="hmm" + answer, thinking_text="hmm",
+                      answer_text=" 4", num_thinking_tokens=thinking_tokens, num_answer_tokens=1, num_ignores_used=0,
+                      finish_reason="stop")
+
+    settings = ["4", str(auto), str(auto + 100)]
+    plan = RejectionSampling(caps=(4, auto, auto + 100), max_tries=2 * REJECTION_ROUND).plan(h, QUESTIONS[0], settings)
+    next(plan)
+    plan.send([[output(auto)] * REJECTION_ROUND])  # the auto cap ended each: not a length that fits any cap
+    with pytest.raises(StopIteration) as done:
+        plan.send([[output(auto - 1)] + [output(auto)] * (REJECTION_ROUND - 1)])
+    rows = done.value.value
+    assert [(rows[s][0]["fits"], rows[s][0]["tries"]) for s in settings] == [
+        (False, 2 * REJECTION_ROUND), (True, REJECTION_ROUND + 1), (True, REJECTION_ROUND + 1)]
