@@ -33,12 +33,13 @@ def kernel_specs(t: str, block_size: int = 16) -> dict[str, tuple]:
     """name -> (jit function, {arg: type} for runtime args, {arg: value} for constexprs, launch options), with
     t the activations' and cache's type code; mirrors what each wrapper in this package launches."""
     from kernels import activation, decode_attention, extend_attention, rms_norm, rotary, sample, store_kv
-    from kernels.paged_softmax import dot_precision
+    from kernels.paged_softmax import dot_precision, page_tile
 
     i32, f32 = "i32", "fp32"
     precision = dot_precision(torch.float32 if t == "fp32" else torch.bfloat16)
     group = HEADS // KV_HEADS
     block_d = triton.next_power_of_2(HEAD_DIM)
+    tile = page_tile(block_size, HEAD_DIM, ELEMENT_SIZES[t])
     return {
         "store_kv": (store_kv._store_kv_kernel,
                      dict(kv_ptr=f"*{t}", cache_ptr=f"*{t}", slot_ptr="*i64", stride_kv_t=i32, stride_kv_c=i32,
@@ -51,9 +52,9 @@ def kernel_specs(t: str, block_size: int = 16) -> dict[str, tuple]:
                                           stride_q_h=i32, stride_cache_c=i32, stride_cache_h=i32, stride_cache_n=i32,
                                           stride_table_b=i32, num_splits=i32, min_blocks_per_split=i32),
                                      dict(GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-                                          BLOCK_SIZE=block_size, HEAD_DIM=HEAD_DIM, BLOCK_D=block_d,
+                                          BLOCK_SIZE=block_size, TILE=tile, HEAD_DIM=HEAD_DIM, BLOCK_D=block_d,
                                           DOT_PRECISION=precision),
-                                     dict(num_warps=4, num_stages=decode_attention.num_stages(block_size, HEAD_DIM, ELEMENT_SIZES[t]))),
+                                     dict(num_warps=4, num_stages=decode_attention.num_stages(tile, HEAD_DIM, ELEMENT_SIZES[t]))),
         "decode_attention (reduce)": (decode_attention._decode_reduce_kernel,
                                       dict(part_out_ptr="*fp32", part_lse_ptr="*fp32", context_lens_ptr="*i64",
                                            out_ptr=f"*{t}", stride_out_b=i32, stride_out_h=i32, num_splits=i32,
@@ -65,7 +66,7 @@ def kernel_specs(t: str, block_size: int = 16) -> dict[str, tuple]:
                                   context_lens_ptr="*i64", out_ptr=f"*{t}", scale=f32, stride_q_t=i32, stride_q_h=i32,
                                   stride_out_t=i32, stride_out_h=i32, stride_cache_c=i32, stride_cache_h=i32,
                                   stride_cache_n=i32, stride_table_b=i32),
-                             dict(GROUP=group, BLOCK_M=extend_attention.BLOCK_M, BLOCK_SIZE=block_size,
+                             dict(GROUP=group, BLOCK_M=extend_attention.BLOCK_M, BLOCK_SIZE=block_size, TILE=tile,
                                   HEAD_DIM=HEAD_DIM, BLOCK_D=block_d, DOT_PRECISION=precision), dict(num_warps=4)),
         "add_rms_norm": (rms_norm._rms_norm_kernel,
                          dict(x_ptr=f"*{t}", residual_ptr=f"*{t}", weight_ptr=f"*{t}", out_ptr=f"*{t}",

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_softmax import attend_page, dot_precision
+from kernels.paged_softmax import attend_tile, dot_precision, page_tile
 
 TARGET_PROGRAMS = 1024  # (sequence, head, split) programs: several per SM, loads enough in flight to hide latency
 # the interpreter (CPU tensors) runs programs one after another, so filling a GPU only adds empty programs
@@ -26,14 +26,14 @@ MIN_BLOCKS_PER_SPLIT = 4
 REDUCE_SPLITS = 16  # splits pass 2 merges at a time
 # software-pipelining depth of the page loop: at 3 (Triton's default) Triton 3.6 for sm_90 keeps one page
 # in flight and waits for it every iteration; at 5 it double-buffers the page's K and V in shared memory,
-# which large pages cannot afford (fp32 pages of 128 tokens would need 278 KB): those keep 3
+# which large tiles cannot afford (fp32 tiles of 64 tokens would need 139 KB): those keep 3
 NUM_STAGES = 5
-PIPELINED_PAGE_BYTES = 32 << 10  # K + V of a page, at most, for NUM_STAGES (bf16: 64 tokens of 128 dims)
+PIPELINED_TILE_BYTES = 32 << 10  # K + V of a tile, at most, for NUM_STAGES (bf16: 64 tokens of 128 dims)
 
 
-def num_stages(block_size: int, head_dim: int, element_size: int) -> int:
-    """The page loop's pipelining depth for pages of this size."""
-    return NUM_STAGES if 2 * block_size * head_dim * element_size <= PIPELINED_PAGE_BYTES else 3
+def num_stages(tile: int, head_dim: int, element_size: int) -> int:
+    """The page loop's pipelining depth for tiles of this size."""
+    return NUM_STAGES if 2 * tile * head_dim * element_size <= PIPELINED_TILE_BYTES else 3
 
 
 @triton.jit
@@ -51,12 +51,13 @@ def _split_pages(context_len, split, num_splits, min_blocks_per_split, BLOCK_SIZ
 def _decode_split_kernel(q_ptr, cache_ptr, tables_ptr, context_lens_ptr, part_out_ptr, part_lse_ptr, scale,
                          stride_q_b, stride_q_h, stride_cache_c, stride_cache_h, stride_cache_n, stride_table_b,
                          num_splits, min_blocks_per_split, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
-                         BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         DOT_PRECISION: tl.constexpr):
+                         BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
     seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    TILES: tl.constexpr = BLOCK_SIZE // TILE
     num_heads = tl.num_programs(1) * GROUP
     context_len = tl.load(context_lens_ptr + seq)
-    groups, dims, tokens = tl.arange(0, BLOCK_G), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_SIZE)
+    groups, dims, tokens = tl.arange(0, BLOCK_G), tl.arange(0, BLOCK_D), tl.arange(0, TILE)
     heads = kv_head * GROUP + groups
     head_mask, dim_mask = groups < GROUP, dims < HEAD_DIM
     q = tl.load(q_ptr + seq * stride_q_b + heads[:, None] * stride_q_h + dims[None, :],
@@ -66,11 +67,12 @@ def _decode_split_kernel(q_ptr, cache_ptr, tables_ptr, context_lens_ptr, part_ou
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     first, last, _ = _split_pages(context_len, split, num_splits, min_blocks_per_split, BLOCK_SIZE)
     head_base = cache_ptr + kv_head * stride_cache_h
-    for j in range(first, last):
-        block = tl.load(tables_ptr + seq * stride_table_b + j).to(tl.int64)
-        visible = (j * BLOCK_SIZE + tokens)[None, :] < context_len
-        m_i, l_i, acc = attend_page(q, head_base, block, tokens, dims, dim_mask, visible, m_i, l_i, acc, scale,
-                                    stride_cache_c, stride_cache_n, HEAD_DIM, DOT_PRECISION)
+    # the split's pages, a tile at a time, up to the last tile that holds a key
+    for t in range(first * TILES, tl.minimum(last * TILES, (context_len + TILE - 1) // TILE)):
+        block = tl.load(tables_ptr + seq * stride_table_b + t // TILES).to(tl.int64)
+        visible = (t * TILE + tokens)[None, :] < context_len
+        m_i, l_i, acc = attend_tile(q, head_base, block, t % TILES * TILE + tokens, dims, dim_mask, visible, m_i,
+                                    l_i, acc, scale, stride_cache_c, stride_cache_n, HEAD_DIM, DOT_PRECISION)
     safe_l = tl.where(l_i > 0, l_i, 1.0)  # 0 only in splits without pages, which are not stored
     out = acc / safe_l[:, None]
     lse = m_i + tl.log(safe_l)
@@ -130,12 +132,13 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     part_out = torch.empty(num_seqs * num_heads * num_splits, head_dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_seqs * num_heads * num_splits, dtype=torch.float32, device=q.device)
     block_d = triton.next_power_of_2(head_dim)
+    tile = page_tile(block_size, head_dim, kv_cache.element_size())
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, kv_cache, block_tables, context_lens, part_out, part_lse, head_dim ** -0.5,
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), block_tables.stride(0),
         num_splits, min_blocks_per_split, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype),
-        num_stages=num_stages(block_size, head_dim, kv_cache.element_size()))
+        BLOCK_SIZE=block_size, TILE=tile, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype),
+        num_stages=num_stages(tile, head_dim, kv_cache.element_size()))
     out = torch.empty_like(q)
     _decode_reduce_kernel[(num_seqs, num_heads)](
         part_out, part_lse, context_lens, out, out.stride(0), out.stride(1), num_splits, min_blocks_per_split,

@@ -1,9 +1,23 @@
-"""The step both attention kernels take per page of the paged cache: load the page's keys, score the
+"""The step both attention kernels take per tile of the paged cache: load the tile's keys, score the
 queries against them, fold the scores into a running (flash-attention) softmax, and accumulate the
-page's values."""
+tile's values. A tile is a whole page, or a part of a large page (page_tile)."""
 import torch
 import triton
 import triton.language as tl
+
+
+TILE_BYTES = 32 << 10  # a tile's keys, at most: fp32 pages of 128 tokens x 128 dims (64 KB of keys) compiled
+# for sm_90 spilled ~7,000 local loads and stores and took 147 KB of shared memory (past sm_86/89/120's 99 KB);
+# in 64-token tiles they spill none
+
+
+def page_tile(block_size: int, head_dim: int, element_size: int) -> int:
+    """Tokens of a page the attention kernels score at once: the page, or its largest power-of-two part
+    (16 tokens at least, tl.dot's smallest) whose keys fit in TILE_BYTES."""
+    tile = block_size
+    while tile > 16 and tile * head_dim * element_size > TILE_BYTES:
+        tile //= 2
+    return tile
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -13,9 +27,10 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 @triton.jit
-def attend_page(q, head_base, block, tokens, dims, dim_mask, visible, m_i, l_i, acc, scale, stride_cache_c,
+def attend_tile(q, head_base, block, tokens, dims, dim_mask, visible, m_i, l_i, acc, scale, stride_cache_c,
                 stride_cache_n, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """q: [R, BLOCK_D] query rows; visible: [R, BLOCK_SIZE] which of the page's keys each row may see.
+    """q: [R, BLOCK_D] query rows; tokens: [TILE] the tile's token offsets in page `block`; visible: [R, TILE]
+    which of them each row may see (every row one at least, in the first tile a row reads).
     Returns the updated running max m_i [R], denominator l_i [R] and unnormalised output acc [R, BLOCK_D]."""
     offsets = block * stride_cache_n + tokens[:, None] * HEAD_DIM + dims[None, :]
     k = tl.load(head_base + offsets, mask=dim_mask[None, :], other=0.0)

@@ -9,7 +9,8 @@ from kernels.interpret import enable_interpreter
 
 enable_interpreter()  # before any kernel module is imported: @triton.jit reads it then
 
-from kernels import activation, decode_attention, extend_attention, reference, rms_norm, rotary, sample, store_kv
+from kernels import (activation, decode_attention, extend_attention, paged_softmax, reference, rms_norm, rotary, sample,
+                     store_kv)
 
 DTYPES = (torch.float32, torch.float16)
 # (atol, rtol) per dtype. fp16 attention rounds the softmax weights to fp16 for the P @ V dot, as on a GPU.
@@ -132,6 +133,41 @@ def test_extend_attention(dtype, head_dim, gqa, block_size):
     q = randn(int(cu_seqlens_q[-1]), group * num_kv_heads, head_dim, dtype=dtype, gen=gen)
     args = (q, cache, tables, cu_seqlens_q, torch.tensor(context_lens), max(n for _, n in chunks))
     assert_close(extend_attention.extend_attention(*args), reference.extend_attention(*args), ATTENTION_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=("fp32", "fp16"))
+def test_attention_over_pages_larger_than_a_tile(dtype, monkeypatch):
+    """Pages of 64 tokens read 16 at a time (large pages on a GPU: page_tile): contexts ending in a page's
+    first, third and last tile, a shared page, splits starting mid-sequence."""
+    block_size, head_dim, group, num_kv_heads = 64, 64, 4, 2
+    monkeypatch.setattr(paged_softmax, "TILE_BYTES", 16 * head_dim * dtype.itemsize)
+    assert paged_softmax.page_tile(block_size, head_dim, dtype.itemsize) == 16
+    gen = generator("tiles", dtype)
+    context_lens = [5 * block_size + 9, block_size + 40, 1, 3 * block_size]
+    tables, num_blocks = paged(context_lens, block_size, (0, 1, 1), gen)
+    cache = randn(2, num_kv_heads, num_blocks, block_size, head_dim, dtype=dtype, gen=gen)
+    q = randn(len(context_lens), group * num_kv_heads, head_dim, dtype=dtype, gen=gen)
+    lens = torch.tensor(context_lens)
+    expected = reference.decode_attention(q, cache, tables, lens)
+    for num_splits, min_blocks in ((None, 4), (16, 1), (4, 1)):
+        actual = decode_attention.decode_attention(q, cache, tables, lens, num_splits, min_blocks)
+        assert_close(actual, expected, ATTENTION_TOL[dtype])
+    # (cached prefix, new tokens): a prefill ending in a page's third tile, a splice after a prefix ending
+    # mid-tile, one token at a page's start, a chunk across a page boundary
+    chunks = [(0, block_size + 40), (block_size + 7, 5), (2 * block_size, 1), (block_size - 10, 30)]
+    lens = torch.tensor([p + n for p, n in chunks])
+    tables, num_blocks = paged(lens.tolist(), block_size, None, gen)
+    cache = randn(2, num_kv_heads, num_blocks, block_size, head_dim, dtype=dtype, gen=gen)
+    cu_seqlens_q = torch.tensor([0] + [n for _, n in chunks]).cumsum(0)
+    q = randn(int(cu_seqlens_q[-1]), group * num_kv_heads, head_dim, dtype=dtype, gen=gen)
+    args = (q, cache, tables, cu_seqlens_q, lens, max(n for _, n in chunks))
+    assert_close(extend_attention.extend_attention(*args), reference.extend_attention(*args), ATTENTION_TOL[dtype])
+
+
+def test_page_tiles_keep_a_tiles_keys_within_tile_bytes():
+    assert paged_softmax.page_tile(128, 128, 4) == 64  # fp32: 64 KB of keys a page, 32 KB a tile
+    assert paged_softmax.page_tile(128, 128, 2) == 128 and paged_softmax.page_tile(16, 128, 4) == 16
+    assert paged_softmax.page_tile(128, 64, 4) == 128 and paged_softmax.page_tile(8, 256, 4) == 8
 
 
 def test_extend_matches_decode_for_single_tokens():
