@@ -9,15 +9,12 @@ from engine.block_manager import BlockManager
 from engine.budget import BudgetState, Phase
 from engine.penalties import penalize
 from engine.request import Request
-from engine.runner import ModelRunner
+from engine.runner import PROMPT_LOGPROB_ROWS, ModelRunner
 from engine.sampling import Sampler, SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence, SequenceStatus
 from engine.stops import first_stop, window_tokens
 from engine.tokenizer import Tokenizer
-
-
-PROMPT_LOGPROB_ROWS = 512  # prompt positions whose log-softmax is taken at once
 
 
 class EngineCore:

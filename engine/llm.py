@@ -71,18 +71,19 @@ class LLM:
         self.config = ModelConfig.from_dir(path)
         self.tokenizer = Tokenizer(path, self.config.eos_token_ids)
         model_module = load_model(path, self.config, self.device, self.dtype)
+        vocab_size = min(self.tokenizer.vocab_size, self.config.vocab_size)
         if num_blocks is not None:
             runner = ModelRunner(model_module, self.config, num_blocks, block_size, kernels)
         elif self.device.type == "cuda":  # sized from the memory left after the largest step
             runner = ModelRunner(model_module, self.config, warm_up_blocks(max_num_batched_tokens, max_num_seqs, block_size),
                                  block_size, kernels)
-            runner.allocate_kv_cache(self._gpu_num_blocks(runner, max_num_batched_tokens, max_num_seqs, gpu_memory_utilization))
+            runner.allocate_kv_cache(self._gpu_num_blocks(runner, max_num_batched_tokens, max_num_seqs, vocab_size,
+                                                          gpu_memory_utilization))
         else:
             runner = ModelRunner(model_module, self.config, self._cpu_num_blocks(block_size, max_num_seqs), block_size, kernels)
         self.max_model_len = min(self.config.max_position_embeddings, runner.num_blocks * block_size)
         if cuda_graphs or (cuda_graphs is None and self.device.type == "cuda" and runner.ops.flat_metadata):
             runner.capture_decode_graphs(max_num_seqs, self.max_model_len)
-        vocab_size = min(self.tokenizer.vocab_size, self.config.vocab_size)
         self.core = EngineCore(runner, self.tokenizer, vocab_size, self.max_model_len, max_num_seqs,
                                max_num_batched_tokens, enable_prefix_caching)
         self._next_id = 0
@@ -97,10 +98,11 @@ class LLM:
         block_bytes = ModelRunner.kv_bytes_per_block(self.config, block_size, self.dtype)
         return max(1, min(CPU_KV_CACHE_BYTES // block_bytes, self._useful_blocks(block_size, max_num_seqs)))
 
-    def _gpu_num_blocks(self, runner: ModelRunner, num_tokens: int, max_num_seqs: int, utilization: float) -> int:
+    def _gpu_num_blocks(self, runner: ModelRunner, num_tokens: int, max_num_seqs: int, vocab_size: int,
+                        utilization: float) -> int:
         """Run the largest step once, then fit the pool in what `utilization` of the GPU leaves."""
         torch.cuda.reset_peak_memory_stats(self.device)
-        runner.warm_up(num_tokens, max_num_seqs)
+        runner.warm_up(num_tokens, max_num_seqs, vocab_size)
         torch.cuda.synchronize(self.device)
         free, total = torch.cuda.mem_get_info(self.device)
         block_bytes = ModelRunner.kv_bytes_per_block(self.config, runner.block_size, self.dtype)

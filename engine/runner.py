@@ -15,6 +15,7 @@ from kernels.ops import select_ops
 # Decode attention pads every sequence of a group to the group's longest context; a group costs about
 # as much fixed overhead per layer (gather + SDPA calls) as reading this many padded token slots.
 GROUP_OVERHEAD_SLOTS = 256
+PROMPT_LOGPROB_ROWS = 512  # prompt positions whose log-softmax is taken at once
 
 
 class ModelRunner:
@@ -49,12 +50,13 @@ class ModelRunner:
             raise ValueError("CUDA graphs capture the Triton kernels' decode step; they need kernels='triton' or 'auto' on CUDA")
         self.graphs = DecodeGraphs(self.model, self.kv_cache, max_num_seqs, -(-max_model_len // self.block_size), capture)
 
-    def warm_up(self, num_tokens: int, num_seqs: int) -> None:
+    def warm_up(self, num_tokens: int, num_seqs: int, vocab_size: int) -> None:
         """The largest step the engine takes, so the memory peak after it bounds what any step needs: a
         prefill of num_tokens tokens over up to num_seqs sequences (none longer than the model's
-        positions) with logits at every position and their log-softmax (as prompt scoring has), then
-        a sampling of the sequences' rows. Needs warm_up_blocks(num_tokens, num_seqs, block_size)
-        blocks; it writes only the pool's blocks."""
+        positions) with logits at every position and their log-softmax, PROMPT_LOGPROB_ROWS rows at a
+        time (as prompt scoring takes it), then a sampling of the sequences' rows over the engine's
+        vocab_size (so the sampler's kernel is compiled for it here, not at the first request). Needs
+        warm_up_blocks(num_tokens, num_seqs, block_size) blocks; it writes only the pool's blocks."""
         num_tokens = min(num_tokens, num_seqs * self.cfg.max_position_embeddings)
         num_seqs = min(num_seqs, num_tokens)
         lens = [num_tokens // num_seqs + (i < num_tokens % num_seqs) for i in range(num_seqs)]
@@ -65,10 +67,11 @@ class ModelRunner:
             next_block += len(seq.block_table)
             seqs.append(seq)
         logits = self.run(ScheduledBatch(seqs, lens, is_prefill=True))  # every position: prompt logprobs
-        torch.log_softmax(logits.float(), dim=-1)
+        for lo in range(0, len(logits), PROMPT_LOGPROB_ROWS):
+            torch.log_softmax(logits[lo : lo + PROMPT_LOGPROB_ROWS].float(), dim=-1)
         last = logits[torch.tensor(lens, device=self.device).cumsum(0) - 1]
         rows = len(seqs)
-        self.ops.sample(last, last.shape[1], torch.ones(rows, device=self.device),
+        self.ops.sample(last, vocab_size, torch.ones(rows, device=self.device),
                         torch.full((rows,), 50, device=self.device), torch.full((rows,), 0.9, device=self.device),
                         torch.rand(rows, dtype=torch.float64, device=self.device),
                         torch.full((rows, 1), -1, device=self.device))

@@ -66,7 +66,7 @@ def _decode_split_kernel(q_ptr, cache_ptr, tables_ptr, context_lens_ptr, part_ou
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     first, last, _ = _split_pages(context_len, split, num_splits, min_blocks_per_split, BLOCK_SIZE)
-    head_base = cache_ptr + kv_head * stride_cache_h
+    head_base = cache_ptr + kv_head.to(tl.int64) * stride_cache_h  # past 2**31 in a pool of > 2**31 keys a layer
     # the split's pages, a tile at a time, up to the last tile that holds a key
     for t in range(first * TILES, tl.minimum(last * TILES, (context_len + TILE - 1) // TILE)):
         block = tl.load(tables_ptr + seq * stride_table_b + t // TILES).to(tl.int64)

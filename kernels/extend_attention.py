@@ -38,7 +38,7 @@ def _extend_kernel(q_ptr, cache_ptr, tables_ptr, cu_seqlens_q_ptr, context_lens_
     # keys up to this tile's last query; none for a tile past the sequence's chunk
     last_key = tl.minimum(prefix_len + (tile + 1) * BLOCK_M, context_len)
     num_tiles = tl.where(tile * BLOCK_M < q_len, (last_key + TILE - 1) // TILE, 0)
-    head_base = cache_ptr + (head // GROUP) * stride_cache_h
+    head_base = cache_ptr + (head // GROUP).to(tl.int64) * stride_cache_h  # as in decode attention
     for t in range(0, num_tiles):
         block = tl.load(tables_ptr + seq * stride_table_b + t // TILES).to(tl.int64)
         key_pos = t * TILE + tokens

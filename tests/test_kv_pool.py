@@ -20,7 +20,7 @@ def test_warm_up_then_a_fresh_pool_generates_as_before(make_model):
     llm = LLM(model=path, num_blocks=64, max_num_batched_tokens=100, max_num_seqs=7)
     runner = llm.core.runner
     runner.allocate_kv_cache(warm_up_blocks(100, 7, runner.block_size))
-    runner.warm_up(100, 7)  # 7 sequences of 14-15 tokens, the last blocks part-filled
+    runner.warm_up(100, 7, llm.core.sampler.vocab_size)  # 7 sequences of 14-15 tokens, the last blocks part-filled
     assert runner.kv_cache.abs().sum() > 0
     runner.allocate_kv_cache(64)
     assert runner.kv_cache.abs().sum() == 0
@@ -31,4 +31,23 @@ def test_warm_up_keeps_each_sequence_within_the_model_positions(make_model):
     llm = LLM(model=make_model("llama", seed=5), num_blocks=8)  # the tiny models hold 1024 positions
     runner = llm.core.runner
     runner.allocate_kv_cache(warm_up_blocks(3000, 1, runner.block_size))
-    runner.warm_up(3000, 1)  # one sequence can hold only 1024 of the 3000 tokens: no out-of-range position
+    runner.warm_up(3000, 1, llm.core.sampler.vocab_size)  # one holds only 1024 of the 3000 tokens: no out-of-range position
+
+
+def test_warm_up_takes_the_steps_log_softmax_in_chunks_and_samples_the_engines_vocabulary(make_model, monkeypatch):
+    """Its memory peak is a real step's (prompt scoring's chunks, not all rows at once: the pool would come
+    out smaller than it need be), and the sampler sees the vocabulary a request's sampling passes."""
+    import torch
+
+    from engine import runner as runner_module
+
+    llm = LLM(model=make_model("llama", seed=5), num_blocks=8)
+    runner = llm.core.runner
+    runner.allocate_kv_cache(warm_up_blocks(1000, 2, runner.block_size))
+    rows, vocab_sizes, log_softmax, sample = [], [], torch.log_softmax, runner.ops.sample
+    monkeypatch.setattr(runner_module, "PROMPT_LOGPROB_ROWS", 300)
+    monkeypatch.setattr(torch, "log_softmax", lambda x, *a, **k: rows.append(len(x)) or log_softmax(x, *a, **k))
+    monkeypatch.setattr(runner.ops, "sample", lambda logits, vocab_size, *a: vocab_sizes.append(vocab_size) or
+                        sample(logits, vocab_size, *a))
+    runner.warm_up(1000, 2, llm.core.sampler.vocab_size - 7)
+    assert rows == [300, 300, 300, 100] and vocab_sizes == [llm.core.sampler.vocab_size - 7]
