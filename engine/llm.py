@@ -64,7 +64,8 @@ class LLM:
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device.type == "cpu" and self.dtype == torch.float16:
             warnings.warn("float16 on the CPU: one sequence decodes fast, but prefill and batches run 2-4x slower than "
-                          "float32 (torch's fp16 matrix products); bfloat16 is fast at both", stacklevel=2)
+                          "float32 (torch's fp16 matrix products); bfloat16 batches fast, and prefills fast only where the "
+                          "CPU has bf16 instructions (AVX512-BF16, AMX)", stacklevel=2)
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, got {str(self.device)!r}")
         path = self.model_dir = default_model_dir() if model is None else Path(model)

@@ -45,7 +45,7 @@ def test_bf16_engine_follows_transformers_bf16(make_model):
 
 
 def test_float16_on_the_cpu_warns(make_model):
-    with pytest.warns(UserWarning, match="bfloat16 is fast at both"):
+    with pytest.warns(UserWarning, match="bfloat16 batches fast, and prefills fast only where"):
         LLM(model=make_model("llama"), dtype="float16")
 
 
