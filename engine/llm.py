@@ -1,6 +1,10 @@
 """LLM: the offline API, a thin facade over the engine core: validate and tokenize, add requests, step
-until they finish, hand back Outputs (or stream deltas)."""
+until they finish, hand back Outputs (or stream deltas).
+
+Threads may share one LLM: each step, submission, abort and read of a request's state holds `LLM.lock`, so
+their calls interleave a step at a time (each step advances every thread's requests, batched together)."""
 import random
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +50,7 @@ class LLM:
         gpu_memory_utilization: float = 0.9,
         cuda_graphs: bool | None = None,
     ):
+        self.lock = threading.RLock()  # held across every change to the engine's state (module docstring)
         sizes = {"block_size": block_size, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
         if num_blocks is not None:
             sizes["num_blocks"] = num_blocks
@@ -159,6 +164,11 @@ class LLM:
             outside = sorted(t for t in ids if t >= self.config.vocab_size)
             if outside:
                 raise ValueError(f"{name} token ids {outside[:5]} are outside the vocabulary [0, {self.config.vocab_size})")
+        with self.lock:
+            return self._queue(token_ids, params, budgets, sweep, prompt_logprobs_from)
+
+    def _queue(self, token_ids: list[int], params: SamplingParams, budgets: list[ThinkingBudget],
+               sweep: list[ThinkingBudget] | None, prompt_logprobs_from: int) -> Request:
         seeds = ([params.seed + i for i in range(params.n)] if params.seed is not None
                  else [self._seed_source.getrandbits(62) for _ in range(params.n)])
         generator = torch.Generator().manual_seed(seeds[0])  # on the CPU: the sampler draws one number a step
@@ -200,33 +210,39 @@ class LLM:
         return self._budget_tokens[key]
 
     def abort(self, request: Request) -> None:
-        self.core.abort(request)
+        with self.lock:
+            self.core.abort(request)
 
     def step(self) -> None:
         """One engine step over the queued requests (a batch of prefill chunks and decodes); `generate` and
         `sweep` step until their requests finish, a caller driving requests of its own steps here."""
-        self.core.step()
+        with self.lock:
+            self.core.step()
 
     def has_unfinished(self) -> bool:
-        return self.core.has_unfinished()
+        with self.lock:
+            return self.core.has_unfinished()
 
     def stats(self) -> dict[str, int]:
         """Counters since start: num_computed_tokens (forwarded through the model), num_cached_prompt_tokens
         (prompt tokens served from the prefix cache), num_preemptions (sequences sent back to wait, to be
         recomputed: for KV room, or forks past max_num_seqs), num_used_blocks (held by live
         sequences), num_cached_blocks (full blocks reusable by key)."""
-        return self.core.stats()
+        with self.lock:
+            return self.core.stats()
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached prompt and thinking prefix: later requests compute from scratch."""
-        self.core.block_manager.reset_prefix_cache()
+        with self.lock:
+            self.core.block_manager.reset_prefix_cache()
 
     def outputs(self, request: Request) -> list[Output]:
         """A request's Outputs: its `n` samples in order, or a sweep's settings in order."""
-        if request.sweep is not None:
-            return [make_output(request.seq_of_setting(k), self.tokenizer, request.request_id, k)
-                    for k in range(len(request.sweep))]
-        return [make_output(seq, self.tokenizer, request.request_id) for seq in request.samples()]
+        with self.lock:
+            if request.sweep is not None:
+                return [make_output(request.seq_of_setting(k), self.tokenizer, request.request_id, k)
+                        for k in range(len(request.sweep))]
+            return [make_output(seq, self.tokenizer, request.request_id) for seq in request.samples()]
 
     # ---- the public ways in ----
 
@@ -414,9 +430,10 @@ class RequestStream(Iterator[StreamDelta]):
     def __next__(self) -> StreamDelta:
         try:
             while not self.pending and not all(stream.done for stream in self.streams):
-                if not self.request.is_finished:
-                    self.llm.step()
-                self.pending = self._deltas()
+                with self.llm.lock:
+                    if not self.request.is_finished:
+                        self.llm.step()
+                    self.pending = self._deltas()
         except BaseException:
             self.close()
             raise

@@ -275,7 +275,7 @@ class EngineLoop:
         self.inbox.put(("abort", job))
 
     def call(self, fn: Callable[[LLM], object]) -> object:
-        """fn(llm) run on the engine thread between steps (the LLM is not thread-safe); its result."""
+        """fn(llm) run on the engine thread between steps (with the jobs' tokenizer work there); its result."""
         if not self.thread.is_alive():
             raise RuntimeError("the engine thread has stopped")
         done: queue.Queue = queue.Queue()
@@ -302,17 +302,18 @@ class EngineLoop:
             commands = [] if self.jobs else [self.inbox.get()]  # idle: sleep until work comes
             while not self.inbox.empty():
                 commands.append(self.inbox.get_nowait())
-            for i, (kind, payload) in enumerate(commands):
-                if kind == "stop":
-                    self._shut_down(commands[i + 1 :], "the server is shutting down")
+            with self.llm.lock:  # the app may drive the same LLM from its own threads
+                for i, (kind, payload) in enumerate(commands):
+                    if kind == "stop":
+                        self._shut_down(commands[i + 1 :], "the server is shutting down")
+                        return
+                    self._command(kind, payload)
+                if not self._step():
+                    unread = []
+                    while not self.inbox.empty():
+                        unread.append(self.inbox.get_nowait())
+                    self._shut_down(unread, "the GPU is in an error state; restart the server")
                     return
-                self._command(kind, payload)
-            if not self._step():
-                unread = []
-                while not self.inbox.empty():
-                    unread.append(self.inbox.get_nowait())
-                self._shut_down(unread, "the GPU is in an error state; restart the server")
-                return
 
     def _command(self, kind: str, payload) -> None:
         if kind == "start" and payload.start(self.llm):
