@@ -7,6 +7,7 @@ Completions take `echo`: the prompt comes first in each choice's text and, with 
 logprobs (the first prompt token's logprob is null), as lm-eval's loglikelihood requests read them. A
 field the engine cannot honour (tools, response formats) is an error unless it has its no-op value.
 """
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -59,12 +60,13 @@ class ApiRequest:
 
 
 def param_of(message: str) -> str | None:
-    """The body field an engine error message is about ("top_p must be ...", "ThinkingBudget.min_tokens ...")."""
+    """The body field an engine error message is about ("top_p must be ...", "ThinkingBudget.min_tokens ...",
+    "messages[2].content is ...", "the prompt is ...")."""
     if message.startswith("ThinkingBudget."):
         return "thinking_budget"
     if message.startswith("unknown think format"):
         return "think_format"
-    name = message.split(" ", 1)[0]
+    name = re.match(r"(?:the )?(\w*)", message).group(1)
     return name if name in COMMON_FIELDS | COMPLETION_FIELDS | CHAT_FIELDS else None
 
 
@@ -87,7 +89,7 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
     max_name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _get(body, max_name, int, default_max)
     echo = False if chat else _get(body, "echo", bool, False)
-    if max_tokens == 0 and not echo:
+    if max_tokens < 0 or max_tokens == 0 and not echo:  # named here: SamplingParams would say max_tokens
         raise ApiError(f"{max_name} must be positive" + ("" if chat else " (0 only with echo: it scores the prompt)"),
                        param=max_name)
     stream = _get(body, "stream", bool, False)
@@ -131,7 +133,9 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
     if len(prompts) * per_prompt > MAX_CHOICES:
         raise ApiError(f"{len(prompts)} prompts x {per_prompt} choices each is more than {MAX_CHOICES} in one request",
                        param="thinking_budget" if sweep else "n")
-    include_usage = _get(options, "include_usage", bool, False)
+    include_usage = options.get("include_usage") or False
+    if not isinstance(include_usage, bool):
+        raise ApiError(f"stream_options.include_usage must be true or false, got {include_usage!r}", param="stream_options")
     return ApiRequest(chat, prompts, params, stream, include_usage, body.get(max_name) is not None, echo, sweep)
 
 

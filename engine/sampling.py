@@ -67,6 +67,8 @@ class SamplingParams:
         if self.max_tokens == 0 and self.prompt_logprobs is None:
             raise ValueError("max_tokens is 0, which only scores the prompt: it needs prompt_logprobs "
                              "(else max_tokens must be positive)")
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
         if self.think_format not in THINK_FORMATS:
             raise ValueError(f"unknown think format {self.think_format!r}; choose one of {sorted(THINK_FORMATS)}")
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []

@@ -28,6 +28,7 @@ NAN, INF = float("nan"), float("inf")
         ({"seed": -1}, ValueError, "seed must be None or an integer in"),
         ({"seed": "7"}, ValueError, "seed must be None or an integer in"),
         ({"seed": 2**64 - 1, "n": 2}, ValueError, r"seed \+ i"),
+        ({"ignore_eos": "false"}, ValueError, "ignore_eos must be True or False, got 'false'"),  # truthy: EOS was off
     ],
 )
 def test_bad_sampling_params(kwargs, error, message):

@@ -214,9 +214,15 @@ def test_a_bad_request_gets_a_clear_error_and_the_server_goes_on(server, path, b
     ({"prompt": "hi", "repetition_penalty": 0}, "repetition_penalty"),
     ({"prompt": "hi", "logit_bias": {"5": 200}}, "logit_bias"),
     ({"prompt": "hi", "logit_bias": {"60000": 1}}, "logit_bias"),
+    ({"prompt": "hi", "stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options"),
+    ({"prompt": "a\ud800"}, "prompt"),
+    ({"prompt": "hi", "max_tokens": -1}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": -5}, "max_completion_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}, "max_completion_tokens"),
+    ({"messages": [{"role": "user", "content": "a\udc00"}]}, "messages"),
 ])
 def test_errors_name_the_field(server, body, param):
-    status, answer = post(server, "/v1/completions", body)
+    status, answer = post(server, "/v1/chat/completions" if "messages" in body else "/v1/completions", body)
     assert status == 400 and answer["error"]["param"] == param
 
 
