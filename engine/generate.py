@@ -5,6 +5,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import replace
 
 from engine import SamplingParams, ThinkingBudget
 from engine.device import resolve_device, resolve_dtype
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         given = [f"--{dest.replace('_', '-')}" for dest in BUDGET_FLAGS if getattr(args, dest) != p.get_default(dest)]
         if given:
             p.error(f"--no-budget turns budget forcing off; drop {', '.join(given)} or --no-budget")
+    if args.system is not None and not args.chat:
+        p.error("--system is a chat message: drop it or --no-chat")
     return args
 
 
@@ -104,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader left (`| head`): stop quietly, as a shell tool does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not raise again
         return 141  # 128 + SIGPIPE
+    except OSError as e:  # the output could not be written (a full disk): one line, as other errors
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def _as_flags(message: str) -> str:
@@ -130,10 +137,6 @@ def generate(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {_as_flags(str(e))}", file=sys.stderr)
         return 2
-    budget = max(budgets, key=lambda b: max(b.min_tokens, b.max_tokens or 0), default=None)
-    if budget is not None and max(budget.min_tokens, budget.max_tokens or 0) >= args.max_tokens:
-        print(f"warning: thinking may use all --max-tokens {args.max_tokens} (--min-thinking-tokens {budget.min_tokens}, "
-              f"--max-thinking-tokens {budget.max_tokens}): the answer may never start", file=sys.stderr)
     if args.prompt is None and sys.stdin.isatty():
         print("reading the prompt from stdin (end it with Ctrl-D)...", file=sys.stderr)
     # stdin as bytes: a strict UTF-8 locale would raise on a bad byte before it could be named
@@ -158,6 +161,8 @@ def generate(args: argparse.Namespace) -> int:
             prompt = llm.chat_prompt(messages, params)
         else:
             prompt = question
+        if budgets:
+            _warn_when_thinking_fills_the_room(llm, prompt, params, budgets, args.max_tokens)
         if len(budgets) > 1:
             return _print_sweep(llm.sweep(prompt, params, budgets, use_tqdm=False)[0], budgets, start, color)
         for delta in llm.stream(prompt, params):
@@ -175,6 +180,21 @@ def generate(args: argparse.Namespace) -> int:
     print(f"\n\n-- {_summary(output)} | {len(output.token_ids)} tokens in {seconds:.1f} s, prefill included: "
           f"{len(output.token_ids) / seconds:.1f} tokens/s", file=sys.stderr)
     return 0
+
+
+def _warn_when_thinking_fills_the_room(llm, prompt, params: SamplingParams, budgets: list[ThinkingBudget],
+                                       max_tokens: int) -> None:
+    """Thinking that may run to the room the continuation has (--max-tokens, or the context the prompt
+    leaves when less), with the splices that follow it, leaves no answer."""
+    budget = max(budgets, key=lambda b: max(b.min_tokens, b.max_tokens or 0))
+    thinking = max(budget.min_tokens, budget.max_tokens or 0)
+    spliced = llm.budget_tokens(replace(params, budget=budget))
+    splices = len(spliced.delimiter) + len(spliced.final_answer)
+    left = llm.max_model_len - len(prompt if isinstance(prompt, list) else llm.tokenizer.encode(prompt))
+    room = f"--max-tokens {max_tokens}" if max_tokens <= left else f"the {left} tokens the context leaves after the prompt"
+    if thinking and thinking + splices >= min(max_tokens, left):
+        print(f"warning: thinking may use all of {room} (--min-thinking-tokens {budget.min_tokens}, --max-thinking-tokens "
+              f"{budget.max_tokens}, then {splices} tokens spliced): the answer may never start", file=sys.stderr)
 
 
 def _summary(output) -> str:

@@ -53,6 +53,9 @@ def test_budget_flags_beside_no_budget_and_an_empty_prompt_are_errors(make_model
     with pytest.raises(SystemExit):  # the think format only shapes a budget's thinking
         main(["--model", str(make_model("llama")), "--prompt", "hi", "--no-budget", "--think-format", "r1"])
     assert "drop --think-format or --no-budget" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # without the chat template there is no system message to put it in
+        main(["--model", str(make_model("llama")), "--prompt", "hi", "--no-chat", "--system", "be brief"])
+    assert "--system is a chat message: drop it or --no-chat" in capsys.readouterr().err
     assert main(["--model", str(make_model("llama")), "--prompt", ""]) == 2
     assert capsys.readouterr().err.strip() == "error: the prompt is empty"
 
@@ -114,9 +117,35 @@ def test_a_reader_that_leaves_ends_the_cli_quietly(make_model, monkeypatch):
     assert main(["--model", str(make_model("llama")), "--prompt", "hi", "--max-tokens", "4"]) == 141
 
 
+def test_an_output_that_cannot_be_written_is_one_error_line(make_model, monkeypatch, capfd):
+    def full_disk(self, prompt, params=None):
+        raise OSError(28, "No space left on device")
+        yield
+
+    monkeypatch.setattr(LLM, "stream", full_disk)
+    monkeypatch.setattr("os.dup2", lambda *a: None)
+    assert main(["--model", str(make_model("llama")), "--prompt", "hi", "--max-tokens", "4"]) == 1
+    assert capfd.readouterr().err.splitlines()[-1] == "error: [Errno 28] No space left on device"
+
+
 def test_thinking_that_can_fill_max_tokens_is_warned_and_no_empty_answer_is_shown(make_model, capsys):
     code = main(["--model", str(make_model("llama")), "--prompt", "hi", "--min-thinking-tokens", "50",
                  "--suppress", "--max-tokens", "6"])
     out, err = capsys.readouterr()
-    assert code == 0 and "warning: thinking may use all --max-tokens 6" in err and "finish: length" in err
+    assert code == 0 and "warning: thinking may use all of --max-tokens 6" in err and "finish: length" in err
     assert "[thinking]" in out and "[answer]" not in out  # it ran out while thinking: no answer phase began
+
+
+@pytest.mark.parametrize("flags, room", [
+    (["--max-thinking-tokens", "8", "--final-answer-str", "Final Answer:", "--max-tokens", "10"], "--max-tokens 10"),
+    (["--max-thinking-tokens", "1000", "--max-tokens", "5000"], "tokens the context leaves after the prompt"),
+])
+def test_a_cap_whose_splices_or_the_context_leave_no_answer_is_warned(make_model, capsys, flags, room):
+    """The cap under --max-tokens, but the delimiter and "Final Answer:" after it fill the rest; or the cap
+    under --max-tokens, but past the context the prompt leaves (the tiny models hold 1024 positions)."""
+    assert main(["--model", str(make_model("llama")), "--prompt", "hi", *flags]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: thinking may use all of" in err and room in err, err
+    assert main(["--model", str(make_model("llama")), "--prompt", "hi", "--max-thinking-tokens", "4",
+                 "--max-tokens", "30"]) == 0
+    assert "warning" not in capsys.readouterr().err
