@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("offline LLM.generate", offline, 1.0, None)]
     with in_background(OpenAIServer(llm, port=0, quiet=True)) as server:
         for concurrency in args.concurrency:
-            server.loop.call(LLM.reset_prefix_cache)  # on the engine thread, which owns the LLM now
+            server.loop.call(LLM.reset_prefix_cache)  # between the engine thread's steps
             seconds, tokens, latency = serve_run(server.server_address[1], prompts, args.max_tokens, concurrency)
             rows.append((f"server, {concurrency} clients", tokens / seconds, tokens / seconds / offline, latency))
     print(f"{args.requests} requests x ({args.prompt_tokens} prompt + {args.max_tokens} output tokens), "

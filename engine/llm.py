@@ -217,6 +217,8 @@ class LLM:
         """One engine step over the queued requests (a batch of prefill chunks and decodes); `generate` and
         `sweep` step until their requests finish, a caller driving requests of its own steps here."""
         with self.lock:
+            if self.device.type == "cuda":  # each thread has its own current device, which Triton launches on
+                torch.cuda.set_device(self.device)
             self.core.step()
 
     def has_unfinished(self) -> bool:
@@ -257,7 +259,7 @@ class LLM:
         prompts, single = _prompt_batch(prompts)
         params_list = _params_list(params, len(prompts), "prompts")
         requests: list[Request | list[Output]] = []
-        with self._dropped_on_failure(requests):
+        with self._dropped_on_failure(requests), self.lock:  # submitted together: no other thread steps between
             for prompt, sp in zip(prompts, params_list):
                 try:
                     requests.append(self.add_request(prompt, sp))
@@ -319,7 +321,7 @@ class LLM:
         if len(budget_lists) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(budget_lists)} lists of budgets")
         requests: list[Request | list[Output]] = []
-        with self._dropped_on_failure(requests):
+        with self._dropped_on_failure(requests), self.lock:
             for prompt, sp, settings in zip(prompts, params_list, budget_lists):
                 try:
                     token_ids = self._checked_prompt_ids(prompt, sp)
@@ -355,7 +357,7 @@ class LLM:
         params = SamplingParams(max_tokens=0, prompt_logprobs=0, seed=0)  # a seed of its own leaves the seed
         # source of later unseeded requests alone
         requests = []
-        with self._dropped_on_failure(requests):
+        with self._dropped_on_failure(requests), self.lock:
             for context, tail in pairs:
                 requests.append(self._submit(context + tail, params, [], None, prompt_logprobs_from=len(context)))
         scores = []

@@ -50,7 +50,8 @@ class ApiRequest:
     params: SamplingParams
     stream: bool
     include_usage: bool
-    max_tokens_given: bool  # a prompt that leaves less room is an error; a default cap just ends at the context
+    max_tokens_field: str | None  # the cap's field, when given: a prompt that leaves less room is an error (a
+    # default cap just ends at the context)
     echo: bool = False  # completions: the prompt first in text and logprobs
     sweep: list[ThinkingBudget] | None = None  # a budget sweep: one choice per setting, from forked sequences
 
@@ -133,10 +134,12 @@ def parse_request(body, chat: bool, model_name: str, max_model_len: int) -> ApiR
     if len(prompts) * per_prompt > MAX_CHOICES:
         raise ApiError(f"{len(prompts)} prompts x {per_prompt} choices each is more than {MAX_CHOICES} in one request",
                        param="thinking_budget" if sweep else "n")
-    include_usage = options.get("include_usage") or False
+    include_usage = options.get("include_usage")
+    include_usage = False if include_usage is None else include_usage
     if not isinstance(include_usage, bool):
         raise ApiError(f"stream_options.include_usage must be true or false, got {include_usage!r}", param="stream_options")
-    return ApiRequest(chat, prompts, params, stream, include_usage, body.get(max_name) is not None, echo, sweep)
+    return ApiRequest(chat, prompts, params, stream, include_usage, max_name if body.get(max_name) is not None else None,
+                      echo, sweep)
 
 
 def parse_tokenize(body) -> tuple[str | list[dict], bool]:

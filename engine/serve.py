@@ -4,9 +4,9 @@ Endpoints: POST /v1/completions, POST /v1/chat/completions (both may stream), GE
 vLLM's POST /tokenize, POST /detokenize and GET /tokenizer_info (lm-eval's remote tokenizer uses them);
 GET /metrics (Prometheus text). With --api-key (or S1_API_KEY) every route but /health and /metrics
 needs `Authorization: Bearer KEY`.
-One engine thread owns the LLM and steps it, so requests arriving at any time join the running batch;
-each HTTP request runs on its own thread, hands its work over through a queue and waits for (or streams)
-what comes back. All tokenizer work runs on the engine thread. A client that hangs up before its reply
+One engine thread steps the LLM (holding its lock, so an app's own threads may use it too), so requests
+arriving at any time join the running batch; each HTTP request runs on its own thread, hands its work
+over through a queue and waits for (or streams) what comes back. All tokenizer work runs on the engine thread. A client that hangs up before its reply
 is done (streamed or not) has its request aborted, which frees its KV blocks. Budget forcing: see
 `engine.openai_protocol`.
 """
@@ -147,11 +147,16 @@ class Job:
                 self.requests.append(llm.add_sweep(ids, api.params, api.sweep) if api.sweep
                                      else llm.add_request(ids, api.params))
                 room = llm.max_model_len - len(self.requests[-1].prompt_token_ids)
-                if api.max_tokens_given and api.params.max_tokens > room:
-                    raise ValueError(f"max_tokens is {api.params.max_tokens}, but the prompt's "
-                                     f"{llm.max_model_len - room} tokens leave {room} of the context's {llm.max_model_len}")
-        except (ValueError, TypeError, TemplateError) as e:
-            self.fail(llm, ApiError(str(e), param=param_of(str(e))))
+                if api.max_tokens_field and api.params.max_tokens > room:
+                    raise ApiError(f"{api.max_tokens_field} is {api.params.max_tokens}, but the prompt's "
+                                   f"{llm.max_model_len - room} tokens leave {room} of the context's {llm.max_model_len}",
+                                   param=api.max_tokens_field)
+        except ApiError as e:
+            self.fail(llm, e)
+            return False
+        except (ValueError, TypeError, TemplateError) as e:  # a chat's prompt is its messages
+            param = param_of(str(e))
+            self.fail(llm, ApiError(str(e), param="messages" if api.chat and param == "prompt" else param))
             return False
         except Exception as e:  # not the request's fault: say so, and keep the engine thread alive
             self.fail(llm, engine_error(e))
@@ -255,7 +260,7 @@ def _bounds(request: Request) -> list[tuple[int | None, int | None]]:
 
 
 class EngineLoop:
-    """The thread that owns the LLM: takes jobs in, steps the batch, pumps results out. A failed step fails
+    """The thread that serves the LLM: takes jobs in, steps the batch, pumps results out. A failed step fails
     the running jobs (out of GPU memory too; the server goes on), and a broken GPU ends the thread, so
     /health answers 503 and a supervisor restarts the server; a failure of one job's own work fails that
     job only."""
@@ -296,8 +301,6 @@ class EngineLoop:
         self.thread.join()
 
     def _run(self) -> None:
-        if self.llm.device.type == "cuda":  # a new thread starts on device 0: Triton and graphs launch on the current one
-            torch.cuda.set_device(self.llm.device)
         while True:
             commands = [] if self.jobs else [self.inbox.get()]  # idle: sleep until work comes
             while not self.inbox.empty():

@@ -29,7 +29,7 @@ HEADS, KV_HEADS, HEAD_DIM, HIDDEN, INTERMEDIATE, VOCAB = 12, 2, 128, 1536, 8960,
 ELEMENT_SIZES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
-def kernel_specs(t: str, block_size: int = 16) -> dict[str, tuple]:
+def kernel_specs(t: str, block_size: int = 16, arch: int = 90) -> dict[str, tuple]:
     """name -> (jit function, {arg: type} for runtime args, {arg: value} for constexprs, launch options), with
     t the activations' and cache's type code; mirrors what each wrapper in this package launches."""
     from kernels import activation, decode_attention, extend_attention, rms_norm, rotary, sample, store_kv
@@ -39,7 +39,7 @@ def kernel_specs(t: str, block_size: int = 16) -> dict[str, tuple]:
     precision = dot_precision(torch.float32 if t == "fp32" else torch.bfloat16)
     group = HEADS // KV_HEADS
     block_d = triton.next_power_of_2(HEAD_DIM)
-    tile = page_tile(block_size, HEAD_DIM, ELEMENT_SIZES[t])
+    tile = page_tile(block_size, HEAD_DIM, ELEMENT_SIZES[t], divmod(arch, 10))
     return {
         "store_kv": (store_kv._store_kv_kernel,
                      dict(kv_ptr=f"*{t}", cache_ptr=f"*{t}", slot_ptr="*i64", stride_kv_t=i32, stride_kv_c=i32,
@@ -104,7 +104,7 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
 
 def compile_all(arch: int, dtype: str, block_size: int = 16) -> list[dict]:
     rows = []
-    for name, (fn, runtime, constexprs, options) in kernel_specs(DTYPE_CODES[dtype], block_size).items():
+    for name, (fn, runtime, constexprs, options) in kernel_specs(DTYPE_CODES[dtype], block_size, arch).items():
         signature = {arg: runtime.get(arg, "constexpr") for arg in fn.arg_names}
         missing = set(fn.arg_names) - set(runtime) - set(constexprs)
         if missing:

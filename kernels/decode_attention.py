@@ -1,7 +1,7 @@
 """Paged decode attention (flash-decoding): one query token per sequence, read against its block table.
 
 Pass 1: a program per (sequence, KV head, context split) walks its split's pages in place (no gather)
-and attends all G query heads of that KV head at once, as one [G, D] x [D, bs] dot per page: GQA
+and attends all G query heads of that KV head at once, as one [G, D] x [D, tile] dot per tile of a page: GQA
 without copying K/V per query head. It writes an unnormalised partial output and its log-sum-exp.
 Pass 2: a program per (sequence, query head) merges the splits.
 
@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_softmax import attend_tile, dot_precision, page_tile
+from kernels.paged_softmax import attend_tile, capability, dot_precision, page_tile
 
 TARGET_PROGRAMS = 1024  # (sequence, head, split) programs: several per SM, loads enough in flight to hide latency
 # the interpreter (CPU tensors) runs programs one after another, so filling a GPU only adds empty programs
@@ -132,7 +132,7 @@ def decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
     part_out = torch.empty(num_seqs * num_heads * num_splits, head_dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(num_seqs * num_heads * num_splits, dtype=torch.float32, device=q.device)
     block_d = triton.next_power_of_2(head_dim)
-    tile = page_tile(block_size, head_dim, kv_cache.element_size())
+    tile = page_tile(block_size, head_dim, kv_cache.element_size(), capability(q.device))
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, kv_cache, block_tables, context_lens, part_out, part_lse, head_dim ** -0.5,
         q.stride(0), q.stride(1), kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), block_tables.stride(0),

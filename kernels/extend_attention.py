@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_softmax import attend_tile, dot_precision, page_tile
+from kernels.paged_softmax import attend_tile, capability, dot_precision, page_tile
 
 BLOCK_M = 16
 
@@ -66,6 +66,6 @@ def extend_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torc
         q, kv_cache, block_tables, cu_seqlens_q, context_lens, out, head_dim ** -0.5,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), kv_cache.stride(0), kv_cache.stride(1),
         kv_cache.stride(2), block_tables.stride(0), GROUP=num_heads // num_kv_heads, BLOCK_M=BLOCK_M,
-        BLOCK_SIZE=block_size, TILE=page_tile(block_size, head_dim, kv_cache.element_size()), HEAD_DIM=head_dim,
-        BLOCK_D=triton.next_power_of_2(head_dim), DOT_PRECISION=dot_precision(q.dtype))
+        BLOCK_SIZE=block_size, TILE=page_tile(block_size, head_dim, kv_cache.element_size(), capability(q.device)),
+        HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim), DOT_PRECISION=dot_precision(q.dtype))
     return out

@@ -9,15 +9,25 @@ import triton.language as tl
 TILE_BYTES = 32 << 10  # a tile's keys, at most: fp32 pages of 128 tokens x 128 dims (64 KB of keys) compiled
 # for sm_90 spilled ~7,000 local loads and stores and took 147 KB of shared memory (past sm_86/89/120's 99 KB);
 # in 64-token tiles they spill none
+TILE_BYTES_BEFORE_SM80 = 8 << 10  # sm_75 (T4), fp16 x 128 dims: 128-token pages spilled 945 (decode) and 2,466
+# (extend) local loads and stores and took 72 KB of shared memory (past its 64 KB), 64-token pages 220 and 284;
+# 32-token tiles none and 11
 
 
-def page_tile(block_size: int, head_dim: int, element_size: int) -> int:
+def page_tile(block_size: int, head_dim: int, element_size: int, capability: tuple[int, int] = (9, 0)) -> int:
     """Tokens of a page the attention kernels score at once: the page, or its largest power-of-two part
-    (16 tokens at least, tl.dot's smallest) whose keys fit in TILE_BYTES."""
+    (16 tokens at least, tl.dot's smallest) whose keys fit in the tile budget of a GPU of this compute
+    capability (the CPU's interpreter takes the default)."""
+    budget = TILE_BYTES if capability >= (8, 0) else TILE_BYTES_BEFORE_SM80
     tile = block_size
-    while tile > 16 and tile * head_dim * element_size > TILE_BYTES:
+    while tile > 16 and tile * head_dim * element_size > budget:
         tile //= 2
     return tile
+
+
+def capability(device: torch.device) -> tuple[int, int]:
+    """A CUDA device's compute capability; (9, 0) for the CPU (the interpreter), page_tile's default."""
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else (9, 0)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -28,8 +28,9 @@ def test_every_kernel_compiles_for_sm90_without_spills(dtype, block_size):
 
 
 def test_a_kernel_past_the_archs_shared_memory_is_an_error():
-    """No configuration the engine offers is past a limit (fp32 128-token pages were, at 144 KB a block, before
-    page tiles), so the check runs with sm_86's limit lowered under the attention kernels' 8.5 KB."""
+    """Page tiles keep every configuration the engine offers within its arch's limit (fp32 128-token pages
+    took 144 KB a block before them, past sm_86's 99 KB; fp16 ones 72 KB at sm_75, past its 64 KB), so the
+    check runs with sm_86's limit lowered under the attention kernels' 8.5 KB."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = ("import sys; from kernels import compile_check as c; c.SHARED_PER_BLOCK[86] = 8192; "
               "sys.exit(c.main(['--arch', '86', '--dtype', 'bfloat16']))")

@@ -168,6 +168,8 @@ def test_page_tiles_keep_a_tiles_keys_within_tile_bytes():
     assert paged_softmax.page_tile(128, 128, 4) == 64  # fp32: 64 KB of keys a page, 32 KB a tile
     assert paged_softmax.page_tile(128, 128, 2) == 128 and paged_softmax.page_tile(16, 128, 4) == 16
     assert paged_softmax.page_tile(128, 64, 4) == 128 and paged_softmax.page_tile(8, 256, 4) == 8
+    assert paged_softmax.page_tile(128, 128, 2, (7, 5)) == 32 and paged_softmax.page_tile(16, 128, 4, (7, 5)) == 16
+    assert paged_softmax.page_tile(128, 128, 2, (8, 0)) == 128
 
 
 def test_extend_matches_decode_for_single_tokens():

@@ -220,6 +220,8 @@ def test_a_bad_request_gets_a_clear_error_and_the_server_goes_on(server, path, b
     ({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": -5}, "max_completion_tokens"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}, "max_completion_tokens"),
     ({"messages": [{"role": "user", "content": "a\udc00"}]}, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 5000}, "max_completion_tokens"),
+    ({"messages": [{"role": "user", "content": "hi " * 1500}]}, "messages"),  # longer than the context
 ])
 def test_errors_name_the_field(server, body, param):
     status, answer = post(server, "/v1/chat/completions" if "messages" in body else "/v1/completions", body)
