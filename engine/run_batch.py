@@ -8,11 +8,13 @@ Each input line is a request of OpenAI's Batch API, `{"custom_id": "q1", "method
 requests run together, as the server runs requests that arrive at once. Each result line is `{"id",
 "custom_id", "response": {"status_code", "request_id", "body"}, "error": null, "request_sha256"}`, the
 body the server's response, or its error (`{"error": {...}}`, status 400 or 404) for a request at fault
-while the others run; the digest of the request is this program's addition, for resuming.
+while the others run; the digest of the request and `engine` (the model, the name it is served as, the
+device type and dtype) are this program's additions, for resuming.
 
 Results are appended as requests finish, so a run that is stopped loses nothing it wrote: the same
 command again keeps the results of requests that did not change, runs the rest (and any that failed on
 the engine's side, status 5xx), and the finished file holds one line per request in the input's order.
+A file of results that another engine made is refused, not mixed with this one's.
 """
 import argparse
 import hashlib
@@ -30,11 +32,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from engine.device import resolve_device, resolve_dtype
 from engine.engine_args import add_engine_args, llm_from_args
 from engine.jsonl import read_objects
 from engine.llm import LLM
 from engine.openai_protocol import ApiError, parse_request
 from engine.serve import CLIENT_POLL_SECONDS, ROUTES, EngineLoop, Job
+from engine.weights import DEFAULT_MODEL_NAME
 
 LINE_FIELDS = {"custom_id", "method", "url", "body"}
 
@@ -84,22 +88,32 @@ def read_batch(path: Path) -> list[BatchLine]:
     return lines
 
 
-def earlier_results(path: Path, lines: list[BatchLine]) -> tuple[dict[str, dict], int]:
+def engine_setup(args: argparse.Namespace) -> dict:
+    """What a result depends on besides its request, known before the model loads: the model dir, the name
+    request bodies may give it, the device type and the weights' dtype."""
+    model = str(Path(args.model).resolve()) if args.model else DEFAULT_MODEL_NAME
+    device = resolve_device(args.device)
+    return {"model": model, "served_model_name": args.served_model_name or Path(model).name,
+            "device": device.type, "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch.")}
+
+
+def earlier_results(path: Path, lines: list[BatchLine], setup: dict) -> tuple[dict[str, dict], int]:
     """(results by custom_id, results dropped) of what an earlier run wrote to `path`. A result is kept
     for a line of the input with its custom_id and the same request (its `request_sha256`); results of
     requests since changed, renamed or removed are dropped, as are engine-side failures (5xx: they run
     again). A last line that a kill cut short (one of this program's rows, no newline at its end) is
-    dropped. A file that holds anything else, or results but none for this input, is not this batch's
-    output: an error, so nothing of it is overwritten."""
+    dropped, and blank lines skipped. A file that holds anything else, results but none for this input,
+    or results another engine setup made, is not this batch's output: an error, so nothing of it is
+    overwritten."""
     if not path.exists():
         return {}, 0
-    if not path.is_file():
-        raise BatchFileError(f"{path} is not a regular file; give a file path as -o")
     data = path.read_bytes()
     rows = data.splitlines()
     digests = {line.custom_id: line.digest for line in lines}
     results, matched, stale = {}, 0, 0
     for line_no, raw in enumerate(rows, 1):
+        if not raw.strip():
+            continue
         try:
             row = json.loads(raw)
             custom_id, status = row["custom_id"], row["response"]["status_code"]
@@ -113,6 +127,12 @@ def earlier_results(path: Path, lines: list[BatchLine]) -> tuple[dict[str, dict]
         if custom_id not in digests or row.get("request_sha256") != digests[custom_id]:
             stale += 1
             continue
+        made_by = row.get("engine") if isinstance(row.get("engine"), dict) else {}
+        if made_by != setup:
+            changed = ", ".join(f"{key} {made_by.get(key, 'not recorded')!r} (now {value!r})"
+                                for key, value in setup.items() if made_by.get(key) != value)
+            raise BatchFileError(f"{path}:{line_no}: a result of another engine setup: {changed}; run with the "
+                                 "flags that made it, or give another -o")
         matched += 1
         if status < 500:
             results[custom_id] = row
@@ -129,13 +149,14 @@ def write_results(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def result_row(line: BatchLine, outcome: dict | ApiError) -> dict:
-    """OpenAI's result row, and the digest of its request (a field OpenAI's rows lack: for resuming)."""
+def result_row(line: BatchLine, outcome: dict | ApiError, setup: dict) -> dict:
+    """OpenAI's result row, and the digest of its request and the engine setup that made it (fields
+    OpenAI's rows lack: for resuming)."""
     error = isinstance(outcome, ApiError)
     return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": line.custom_id,
             "response": {"status_code": outcome.status if error else 200, "request_id": uuid.uuid4().hex,
                          "body": outcome.body() if error else outcome},
-            "error": None, "request_sha256": line.digest}
+            "error": None, "request_sha256": line.digest, "engine": setup}
 
 
 class Tagged:
@@ -148,9 +169,10 @@ class Tagged:
         self.sink.put((self.line, event))
 
 
-def run_lines(llm: LLM, model_name: str, lines: list[BatchLine], window: int) -> Iterator[tuple[BatchLine, dict]]:
-    """(line, result row) for each line as it finishes, at most `window` requests queued at a time (each
-    engine step visits every queued one)."""
+def run_lines(llm: LLM, model_name: str, lines: list[BatchLine],
+              window: int) -> Iterator[tuple[BatchLine, dict | ApiError]]:
+    """(line, response body or error) for each line as it finishes, at most `window` requests queued at a
+    time (each engine step visits every queued one)."""
     loop, events = EngineLoop(llm), queue.Queue()
     todo, in_flight = iter(lines), {}
     try:
@@ -161,7 +183,7 @@ def run_lines(llm: LLM, model_name: str, lines: list[BatchLine], window: int) ->
                     if api.stream:
                         raise ApiError("stream=true does not apply to a batch: results come whole", param="stream")
                 except ApiError as e:
-                    yield line, result_row(line, e)
+                    yield line, e
                     continue
                 in_flight[line.custom_id] = line
                 loop.submit(Job(api, model_name, Tagged(line, events)))
@@ -175,11 +197,11 @@ def run_lines(llm: LLM, model_name: str, lines: list[BatchLine], window: int) ->
                 # a broken GPU ended the thread, which failed the jobs it held; the rest fail alike
                 error = ApiError("the engine thread has stopped", 503, kind="server_error")
                 for line in [*in_flight.values(), *todo]:
-                    yield line, result_row(line, error)
+                    yield line, error
                 return
             if kind in ("response", "error"):
                 del in_flight[line.custom_id]
-                yield line, result_row(line, payload)
+                yield line, payload
     finally:
         loop.stop()
 
@@ -204,10 +226,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         source = Path(args.input)
         lines = read_batch(source)
+        if Path(args.output).exists() and not Path(args.output).is_file():  # a dir, /dev/stdout, a pipe
+            raise BatchFileError(f"-o {args.output} is not a regular file; give a file path for the results")
         out = Path(args.output).resolve()  # a link's target is written, not the link replaced by a file
         if out.exists() and out.samefile(source):
             raise BatchFileError(f"-o {args.output} is the input file; give another path for the results")
-        done, dropped = earlier_results(out, lines)
+        setup = engine_setup(args)
+        done, dropped = earlier_results(out, lines, setup)
         pending = [line for line in lines if line.custom_id not in done]
         llm = llm_from_args(args) if pending else None
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -221,9 +246,9 @@ def run(args: argparse.Namespace) -> int:
     if done:
         print(f"resuming: {len(done)} of {len(lines)} requests have results in {out}", file=sys.stderr)
     if pending:
-        model_name = args.served_model_name or llm.model_dir.name
         with out.open("a", encoding="utf-8") as f, tqdm(total=len(pending), unit="request") as bar:
-            for line, row in run_lines(llm, model_name, pending, args.window):
+            for line, outcome in run_lines(llm, setup["served_model_name"], pending, args.window):
+                row = result_row(line, outcome, setup)
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 done[line.custom_id] = row

@@ -148,11 +148,15 @@ def test_the_input_is_never_the_output(tmp_path, capsys):
 def test_a_failed_start_leaves_the_output_as_it_was(tmp_path, capsys):
     write(tmp_path / "in.jsonl", LINES[:2])
     chat = run_batch.BatchLine("chat", True, LINES[0]["body"])
-    torn = json.dumps(run_batch.result_row(chat, {"choices": []})) + "\n" + '{"id": "batch_req_1", "cus'
+    setup = {"model": str((tmp_path / "no-model").resolve()), "served_model_name": "no-model", "device": "cpu",
+             "dtype": "float32"}  # the run's own: its results are kept, then the model fails to load
+    torn = json.dumps(run_batch.result_row(chat, {"choices": []}, setup)) + "\n" + '{"id": "batch_req_1", "cus'
     (tmp_path / "out.jsonl").write_text(torn)
     code = run_batch.main(["-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
                            "--model", str(tmp_path / "no-model")])
-    assert code == 2 and "no-model" in capsys.readouterr().err and (tmp_path / "out.jsonl").read_text() == torn
+    err = capsys.readouterr().err
+    assert code == 2 and "no-model" in err and "another engine setup" not in err
+    assert (tmp_path / "out.jsonl").read_text() == torn
 
 
 def test_a_changed_or_renamed_request_runs_again_and_its_old_result_is_dropped(llm, monkeypatch, tmp_path, capsys):
@@ -188,3 +192,37 @@ def test_a_linked_output_writes_its_target(llm, monkeypatch, tmp_path):
     code, _ = run(llm, monkeypatch, tmp_path, LINES[:2], out="link.jsonl")
     assert code == 0 and (tmp_path / "link.jsonl").is_symlink()
     assert [r["custom_id"] for r in results(tmp_path / "results" / "out.jsonl")] == ["chat", "text"]
+
+
+@pytest.mark.parametrize("flags, changed", [
+    (["--dtype", "bfloat16"], "dtype 'float32' (now 'bfloat16')"),
+    (["--served-model-name", "other"], "served_model_name 'SmolLM2-135M-Instruct' (now 'other')"),
+])
+def test_results_another_engine_setup_made_are_refused_not_mixed_in(llm, monkeypatch, tmp_path, capsys, flags, changed):
+    run(llm, monkeypatch, tmp_path, LINES[:2])
+    before = (tmp_path / "out.jsonl").read_text()
+    (tmp_path / "out.jsonl").write_text(before.splitlines(keepends=True)[0])  # as if stopped after one result
+    code, ran = run(llm, monkeypatch, tmp_path, LINES[:2], *flags)
+    err = capsys.readouterr().err
+    assert code == 2 and ran == [] and "a result of another engine setup: " + changed in err
+    assert (tmp_path / "out.jsonl").read_text() == before.splitlines(keepends=True)[0]
+
+
+def test_a_blank_line_in_the_output_is_skipped(llm, monkeypatch, tmp_path):
+    run(llm, monkeypatch, tmp_path, LINES[:2])
+    rows = results(tmp_path / "out.jsonl")
+    with (tmp_path / "out.jsonl").open("a") as f:
+        f.write("\n")
+    code, ran = run(llm, monkeypatch, tmp_path, LINES[:2])
+    assert code == 0 and ran == [] and results(tmp_path / "out.jsonl") == rows
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path, capsys):
+    import os
+
+    write(tmp_path / "in.jsonl", LINES[:1])
+    os.mkfifo(tmp_path / "pipe")  # as /dev/stdout is when piped: it resolved to a name that cannot be written
+    (tmp_path / "dir").mkdir()
+    for out in ("pipe", "dir"):
+        code = run_batch.main(["-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / out)])
+        assert code == 2 and f"-o {tmp_path / out} is not a regular file" in capsys.readouterr().err
