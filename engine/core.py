@@ -133,8 +133,11 @@ class EngineCore:
         """Fork where sequences split before sampling (n samples; sweep settings whose masks differ),
         then sample one token per sequence, each from its own generator, and postprocess."""
         rows, expanded = [], []
+        # rows a split of sweep settings may add: a prompt is let in with room for its `n` samples
+        room = self.scheduler.max_num_seqs - len(seqs) - sum(len(seq.fork_seeds) for seq in seqs)
         for row, seq in enumerate(seqs):
-            for branch in self._fork_before_sampling(seq):
+            branches, room = self._fork_before_sampling(seq, room)
+            for branch in branches:
                 rows.append(row)
                 expanded.append(branch)
         if rows != list(range(len(seqs))):
@@ -153,16 +156,22 @@ class EngineCore:
         for i, (seq, token) in enumerate(zip(expanded, tokens)):
             self._postprocess(seq, token, entries.get(i))
 
-    def _fork_before_sampling(self, seq: Sequence) -> list[Sequence]:
+    def _fork_before_sampling(self, seq: Sequence, room: int) -> tuple[list[Sequence], int]:
+        """The sequences that sample in seq's row: seq, its `n` samples, and its sweep settings whose masks
+        differ from its own; a split past `room` waits its turn (it draws later what it would draw now).
+        Returns them and the room left."""
         branches = [seq]
         while seq.fork_seeds:  # `n` samples: the prompt is computed once, then each sample goes its own way
             branches.append(self._branch(seq, [], shares_blocks=True, sample=seq.params.n - len(seq.fork_seeds)))
         if len(seq.settings) > 1:  # sweep settings whose masks differ split here
             n = seq.num_output_tokens
             for group in _group_by(seq.settings, lambda s: s.masked_ids(n)):
-                if group is not None:
+                if group is not None and room > 0:
                     branches.append(self._branch(seq, group, shares_blocks=True))
-        return branches
+                    room -= 1
+                elif group is not None:
+                    self.scheduler.add(self._branch(seq, group, shares_blocks=False))
+        return branches, room
 
     def _postprocess(self, seq: Sequence, token: int, logprob: dict[int, float] | None) -> None:
         in_answer = seq.phase is Phase.ANSWER

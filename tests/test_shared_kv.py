@@ -264,3 +264,25 @@ def test_forks_past_max_num_seqs_wait_their_turn(make_model):
     params = SamplingParams(n=3, max_tokens=5, temperature=1.0, seed=3)
     outs, _ = computed(small, lambda: small.generate(prompts, params, use_tqdm=False))
     assert max(rows) <= 4 and [o.token_ids for o in outs] == [o.token_ids for o in large.generate(prompts, params, use_tqdm=False)]
+
+
+@pytest.mark.parametrize("min_tokens", (2, 4))  # the settings' masks part at the first sample, or at a later one
+def test_sweep_settings_that_split_past_max_num_seqs_wait_to_sample(make_model, min_tokens):
+    """Settings whose end-of-thinking masks differ split inside a step's sampling; past max_num_seqs the split
+    waits its turn (it once sampled at once: 3 rows from 2 requests at max_num_seqs=2) and draws later what it
+    would have drawn then."""
+    path = make_model("llama", seed=11, end_token=1, hf_init=True)
+    small, large = LLM(model=path, block_size=8, max_num_seqs=2), LLM(model=path, block_size=8)
+    rows, sample = [], small.core.sampler.sample_fn
+    small.core.sampler.sample_fn = lambda logits, *args: rows.append(len(logits)) or sample(logits, *args)
+    budgets = [ThinkingBudget(min_tokens=min_tokens, suppress=True), ThinkingBudget()]
+    params = SamplingParams(max_tokens=8, temperature=1.0, seed=5)
+    plain = small.add_request([100, 200, 300], SamplingParams(max_tokens=8))
+    sweep = small.add_sweep([400, 500, 600], params, budgets)
+    while small.has_unfinished():
+        small.step()
+    assert max(rows) <= 2 and small.stats()["num_used_blocks"] == 0
+    assert small.outputs(plain)[0].token_ids == large.generate([100, 200, 300], SamplingParams(max_tokens=8),
+                                                                use_tqdm=False)[0].token_ids
+    alone = [large.generate([400, 500, 600], replace(params, budget=b), use_tqdm=False)[0].token_ids for b in budgets]
+    assert [o.token_ids for o in small.outputs(sweep)] == alone
