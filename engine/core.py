@@ -166,10 +166,12 @@ class EngineCore:
         if len(seq.settings) > 1:  # sweep settings whose masks differ split here
             n = seq.num_output_tokens
             for group in _group_by(seq.settings, lambda s: s.masked_ids(n)):
-                if group is not None and room > 0:
+                if group is None:
+                    continue
+                if room > 0:
                     branches.append(self._branch(seq, group, shares_blocks=True))
                     room -= 1
-                elif group is not None:
+                else:
                     self.scheduler.add(self._branch(seq, group, shares_blocks=False))
         return branches, room
 

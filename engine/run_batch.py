@@ -226,9 +226,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         source = Path(args.input)
         lines = read_batch(source)
-        if Path(args.output).exists() and not Path(args.output).is_file():  # a dir, /dev/stdout, a pipe
+        given = Path(args.output)
+        if given.exists() and not given.is_file():  # a dir, /dev/stdout, a pipe
             raise BatchFileError(f"-o {args.output} is not a regular file; give a file path for the results")
-        out = Path(args.output).resolve()  # a link's target is written, not the link replaced by a file
+        out = given.resolve()  # a link's target is written, not the link replaced by a file
         if out.exists() and out.samefile(source):
             raise BatchFileError(f"-o {args.output} is the input file; give another path for the results")
         setup = engine_setup(args)

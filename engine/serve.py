@@ -6,9 +6,9 @@ GET /metrics (Prometheus text). With --api-key (or S1_API_KEY) every route but /
 needs `Authorization: Bearer KEY`.
 One engine thread steps the LLM (holding its lock, so an app's own threads may use it too), so requests
 arriving at any time join the running batch; each HTTP request runs on its own thread, hands its work
-over through a queue and waits for (or streams) what comes back. All tokenizer work runs on the engine thread. A client that hangs up before its reply
-is done (streamed or not) has its request aborted, which frees its KV blocks. Budget forcing: see
-`engine.openai_protocol`.
+over through a queue and waits for (or streams) what comes back. All tokenizer work runs on the engine
+thread. A client that hangs up before its reply is done (streamed or not) has its request aborted, which
+frees its KV blocks. Budget forcing: see `engine.openai_protocol`.
 """
 import argparse
 import contextlib

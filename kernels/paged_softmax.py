@@ -1,6 +1,8 @@
 """The step both attention kernels take per tile of the paged cache: load the tile's keys, score the
 queries against them, fold the scores into a running (flash-attention) softmax, and accumulate the
 tile's values. A tile is a whole page, or a part of a large page (page_tile)."""
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -25,6 +27,7 @@ def page_tile(block_size: int, head_dim: int, element_size: int, capability: tup
     return tile
 
 
+@functools.cache  # asked at every launch
 def capability(device: torch.device) -> tuple[int, int]:
     """A CUDA device's compute capability; (9, 0) for the CPU (the interpreter), page_tile's default."""
     return torch.cuda.get_device_capability(device) if device.type == "cuda" else (9, 0)
