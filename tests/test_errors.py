@@ -1,6 +1,8 @@
 """Bad input gets a clear exception naming the problem; in a batch the others still run."""
 import json
 import shutil
+import threading
+import time
 
 import pytest
 
@@ -51,6 +53,38 @@ def test_corrupt_weights_and_missing_tensor(make_model, tmp_path):
     (tmp_path / "n" / "config.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="missing tensor 'model.layers.2"):
         LLM(model=tmp_path / "n")
+
+
+def test_processes_that_start_together_convert_the_default_model_once(tmp_path, monkeypatch):
+    """Processes that find the cache empty together (test workers, torchrun ranks): one converts the default
+    model, the others wait for it and get the whole dir (they used to convert it again and race to rename)."""
+    import engine.weights as weights
+
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
+    conversions, results, errors = [], [], []
+
+    def convert(gguf_path, out):
+        conversions.append(out)
+        time.sleep(0.3)  # long enough for every caller to find no config.json
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+
+    def call():
+        try:
+            results.append(weights.default_model_dir())
+        except Exception as e:
+            errors.append(e)
+
+    monkeypatch.setattr(weights, "_fetch_default_gguf", lambda workdir: workdir / "model.gguf")
+    monkeypatch.setattr(weights, "convert_gguf", convert)
+    callers = [threading.Thread(target=call) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert not errors and len(conversions) == 1
+    assert results == [tmp_path / weights.DEFAULT_MODEL_NAME] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{weights.DEFAULT_MODEL_NAME}.lock", weights.DEFAULT_MODEL_NAME]
 
 
 @pytest.mark.parametrize(
