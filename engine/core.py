@@ -10,7 +10,7 @@ from engine.budget import BudgetState, Phase
 from engine.penalties import penalize
 from engine.request import Request
 from engine.runner import PROMPT_LOGPROB_ROWS, ModelRunner
-from engine.sampling import Sampler, SamplingParams
+from engine.sampling import Sampler
 from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence, SequenceStatus
 from engine.stops import first_stop, window_tokens
@@ -131,7 +131,7 @@ class EngineCore:
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         """Fork where sequences split before sampling (n samples; sweep settings whose masks differ),
-        then sample one token per sequence, each from its own generator, and postprocess."""
+        then sample one token per sequence, each with a number of its own random stream, and postprocess."""
         rows, expanded = [], []
         # rows a split of sweep settings may add: a prompt is let in with room for its `n` samples
         room = self.scheduler.max_num_seqs - len(seqs) - sum(len(seq.fork_seeds) for seq in seqs)
@@ -148,7 +148,7 @@ class EngineCore:
         tokens = self.sampler(
             penalize(logits, expanded),
             [s.params for s in expanded],
-            [s.generator for s in expanded],
+            [(s.seed, s.num_draws) for s in expanded],
             [b.masked_ids(s.num_output_tokens) if (b := s.budget) else frozenset() for s in expanded],
         )
         entries = {} if not asking else dict(zip(asking, logprob_entries(
@@ -195,6 +195,7 @@ class EngineCore:
         else:
             changed, kept = seq.budget.accept(seq.output, token)
             _mirror(seq)
+        seq.num_draws += 1  # with the token: a step that fails before this draws the same again
         seq.num_cached_tokens = min(seq.num_cached_tokens, seq.num_prompt_tokens + changed)
         if seq.token_counts is not None and seq.token_counts.counted > seq.num_prompt_tokens + changed:
             seq.token_counts = None  # the edit reached counted tokens: count them again
@@ -259,19 +260,16 @@ class EngineCore:
             del self.requests[seq.request_id]
 
     def _branch(self, parent: Sequence, settings: list[int], shares_blocks: bool, sample: int | None = None) -> Sequence:
-        """A new sequence with the parent's tokens that takes over `settings` from it, its generator
-        continuing the parent's random stream; or, as `n` sample `sample`, one with a copy of every setting
-        whose generator starts from the parent's next fork seed (which it takes; if the parent has finished,
+        """A new sequence with the parent's tokens that takes over `settings` from it, continuing the
+        parent's random stream; or, as `n` sample `sample`, one with a copy of every setting whose random
+        stream starts at the parent's next fork seed (which it takes; if the parent has finished,
         it ends alike). It shares the parent's blocks (running beside it) or starts unscheduled. It is
         registered last, made whole: a step that fails part-way leaves no half-made sequence, nor a seed
         forked twice."""
-        generator = torch.Generator(parent.generator.device)
-        if sample is None:
-            generator.set_state(parent.generator.get_state())
-        else:
-            generator.manual_seed(parent.fork_seeds[0])
         child = Sequence(
-            self._new_seq_id(), list(parent.token_ids), parent.num_prompt_tokens, parent.params, generator,
+            self._new_seq_id(), list(parent.token_ids), parent.num_prompt_tokens, parent.params,
+            parent.seed if sample is None else parent.fork_seeds[0],
+            num_draws=parent.num_draws if sample is None else 0,
             request_id=parent.request_id, sample_index=parent.sample_index if sample is None else sample,
             logprobs=None if parent.logprobs is None else list(parent.logprobs),
             prompt_logprobs=None if parent.prompt_logprobs is None else list(parent.prompt_logprobs),

@@ -171,8 +171,7 @@ class LLM:
                sweep: list[ThinkingBudget] | None, prompt_logprobs_from: int) -> Request:
         seeds = ([params.seed + i for i in range(params.n)] if params.seed is not None
                  else [self._seed_source.getrandbits(62) for _ in range(params.n)])
-        generator = torch.Generator().manual_seed(seeds[0])  # on the CPU: the sampler draws one number a step
-        seq = Sequence(-1, list(token_ids), len(token_ids), params, generator, request_id=self._next_id,
+        seq = Sequence(-1, list(token_ids), len(token_ids), params, seeds[0], request_id=self._next_id,
                        fork_seeds=seeds[1:], logprobs=None if params.logprobs is None else [],
                        prompt_logprobs=None if params.prompt_logprobs is None else [],
                        prompt_logprobs_from=prompt_logprobs_from)

@@ -62,7 +62,7 @@ class ModelRunner:
         lens = [num_tokens // num_seqs + (i < num_tokens % num_seqs) for i in range(num_seqs)]
         seqs, next_block = [], 0
         for i, n in enumerate(lens):
-            seq = Sequence(i, [0] * n, n, SamplingParams(), torch.Generator(), prompt_logprobs=[])
+            seq = Sequence(i, [0] * n, n, SamplingParams(), 0, prompt_logprobs=[])
             seq.block_table = list(range(next_block, next_block + -(-n // self.block_size)))
             next_block += len(seq.block_table)
             seqs.append(seq)

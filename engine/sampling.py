@@ -119,11 +119,30 @@ def _is_number(value) -> bool:  # nan fails every range check that uses it
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment
+
+
+def _mix64(z: int) -> int:
+    """splitmix64's finalizer: a bijection of 64-bit ints whose outputs pass as independent."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def uniform(seed: int, draw: int) -> float:
+    """Number `draw` in [0, 1) of the random stream of `seed` (53 random bits): splitmix64 at the stream's
+    mixed seed plus draw + 1 steps. Keyed by the draw's index rather than held as a generator's state, a
+    sequence's draw depends only on its seed and how many tokens it has sampled: a step that fails after
+    drawing, taken again, draws the same."""
+    return (_mix64((_mix64(seed & _MASK64) + (draw + 1) * _GOLDEN) & _MASK64) >> 11) * 2.0**-53
+
+
 class Sampler:
     """Picks one token per row through the selected ops' sampler (kernels.reference.sample's contract):
     budget masks and vocabulary padding, temperature, top-k, top-p, greedy rows. A random row's draw is
-    one uniform number from its own generator (kept on the CPU), so a request's random stream depends
-    only on its seed, never on the batch it ran in. The logits themselves may differ in their last bits
+    one uniform number, `uniform(seed, draw)` of its sequence's seed and draw index, so a request's random
+    stream depends only on its seed, never on the batch it ran in. The logits themselves may differ in their last bits
     between batch sizes (matmuls round by shape), which in bf16 can flip a draw that lands near a cdf
     step or a greedy near-tie."""
 
@@ -135,17 +154,16 @@ class Sampler:
         self,
         logits: torch.Tensor,
         params: list[SamplingParams],
-        generators: list[torch.Generator],
+        draws: list[tuple[int, int]],  # per row: (seed, index of the draw)
         masked_ids: list[frozenset[int]],
     ) -> list[int]:
         # built as Python lists, one tensor each: a tensor write per row costs more than the row's work
         width = 1 << (max(1, *map(len, masked_ids)) - 1).bit_length()  # a power of two: few kernel variants
         masked = [sorted(ids) + [-1] * (width - len(ids)) for ids in masked_ids]
-        uniform = [torch.rand((), dtype=torch.float64, generator=generator).item() if p.temperature > 0 else 0.0
-                   for p, generator in zip(params, generators)]
+        numbers = [uniform(*draw) if p.temperature > 0 else 0.0 for p, draw in zip(params, draws)]
         top_k = [min(p.top_k, self.vocab_size) for p in params]  # any k past the vocabulary keeps all of it
         host = (torch.tensor([p.temperature for p in params]), torch.tensor(top_k),
-                torch.tensor([p.top_p for p in params]), torch.tensor(uniform, dtype=torch.float64),
+                torch.tensor([p.top_p for p in params]), torch.tensor(numbers, dtype=torch.float64),
                 torch.tensor(masked, dtype=torch.long))
-        temperature, top_k, top_p, uniform, masked = (t.to(logits.device, non_blocking=True) for t in host)
-        return self.sample_fn(logits, self.vocab_size, temperature, top_k, top_p, uniform, masked).tolist()
+        temperature, top_k, top_p, numbers, masked = (t.to(logits.device, non_blocking=True) for t in host)
+        return self.sample_fn(logits, self.vocab_size, temperature, top_k, top_p, numbers, masked).tolist()

@@ -2,8 +2,6 @@
 from dataclasses import dataclass, field
 from enum import Enum
 
-import torch
-
 from engine.budget import BudgetState, Phase
 from engine.penalties import TokenCounts
 from engine.sampling import SamplingParams
@@ -47,7 +45,7 @@ class Sequence:
     token_ids: list[int]  # prompt + output, spliced tokens included
     num_prompt_tokens: int
     params: SamplingParams
-    generator: torch.Generator
+    seed: int  # its random stream (engine.sampling.uniform): draw i is uniform(seed, i)
     request_id: int = 0
     sample_index: int = 0
     # the budget settings this sequence carries, by index: one for a plain request, several in a sweep
@@ -68,6 +66,7 @@ class Sequence:
     finish_reason: str | None = None
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     error: str | None = None
+    num_draws: int = 0  # tokens sampled into it: the index of its next draw
     token_counts: TokenCounts | None = None  # for penalties (engine.penalties), made at its first penalized step
 
     def __len__(self) -> int:

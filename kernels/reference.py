@@ -86,7 +86,7 @@ def sample(logits: torch.Tensor, vocab_size: int, temperature: torch.Tensor, top
     its top_k-th largest (0: all), then those whose strictly larger kept logits hold less than top_p of
     the kept mass (ties are kept or dropped together, as in transformers' top-k), and takes the first
     token, in vocabulary order, whose cumulative kept probability exceeds uniform[row] (in [0, 1))
-    times the kept mass: one number per row from the request's own generator decides the draw (the
+    times the kept mass: one number per row from the request's own random stream decides the draw (the
     argmax should rounding leave no token past it). Returns [B] int64.
     """
     rows, slots = (masked_ids >= 0).nonzero(as_tuple=True)

@@ -1,5 +1,5 @@
 """The sampler as one kernel: budget masks, vocabulary padding, temperature, top-k, top-p, greedy rows,
-and one draw per row from a number its request's own generator supplied.
+and one draw per row from a number its request's own random stream supplied.
 
 A program per row walks the vocabulary in tiles, without sorting. Top-k and top-p become thresholds on
 an order-preserving integer key of each logit, found bit by bit from the most significant (a radix

@@ -22,7 +22,7 @@ def engine_logits(model_dir: str | Path, token_ids: list[int], block_size: int =
     num_blocks = -(-len(token_ids) // block_size) + 1
     runner = ModelRunner(model, cfg, num_blocks, block_size)
     blocks = BlockManager(num_blocks, block_size)
-    seq = Sequence(0, list(token_ids), len(token_ids), SamplingParams(), torch.Generator(), prompt_logprobs=[])
+    seq = Sequence(0, list(token_ids), len(token_ids), SamplingParams(), 0, prompt_logprobs=[])
     rows = []
     step = chunk or len(token_ids)
     for start in range(0, len(token_ids), step):

@@ -1,6 +1,5 @@
 """Paged KV blocks: allocation, sharing by reference count, freeing, leak check."""
 import pytest
-import torch
 
 from engine.block_manager import BlockManager
 from engine.sampling import SamplingParams
@@ -8,7 +7,7 @@ from engine.sequence import Sequence
 
 
 def seq(i: int, n: int) -> Sequence:
-    return Sequence(i, list(range(n)), n, SamplingParams(), torch.Generator())
+    return Sequence(i, list(range(n)), n, SamplingParams(), 0)
 
 
 def test_allocate_grows_by_whole_blocks_and_free_returns_them():
@@ -79,7 +78,7 @@ def test_cached_blocks_are_reused_by_key_and_evicted_oldest_first():
     assert again.num_cached_tokens == 8 and again.block_table == prefix
     assert bm.num_cached_prompt_tokens == 8
     bm.free(again)
-    other = Sequence(2, list(range(100, 112)), 12, SamplingParams(), torch.Generator())
+    other = Sequence(2, list(range(100, 112)), 12, SamplingParams(), 0)
     bm.allocate(other, 12)  # 2 free blocks, then 1 evicted: the prefix's tail, its head stays
     assert bm.num_cached_blocks == 1 and prefix[1] in other.block_table and prefix[0] not in other.block_table
     third = seq(3, 9)

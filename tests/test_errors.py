@@ -267,11 +267,11 @@ def test_interrupted_generate_frees_its_requests_and_the_engine_goes_on(llm, mon
 @pytest.mark.parametrize("where", ["forward", "sampler"])
 def test_a_step_interrupted_part_way_leaves_the_other_requests_whole(llm, monkeypatch, where):
     """Ctrl-C in generate in a step that planned copy-on-write copies for another caller's n samples (the
-    forward never ran), or once their forward ran and before they sampled: that request still gives the
-    tokens it gives uninterrupted (sampling draws no number for greedy rows, so nothing moved on)."""
+    forward never ran), or once their forward ran and their numbers were drawn, before their tokens came:
+    that request still gives the tokens it gives uninterrupted (a draw is keyed by its index, which moves
+    on with the token only)."""
     prompt = list(range(100, 121))  # block size 8: the samples share a partial last block
-    params = SamplingParams(max_tokens=12, n=3, ignore_eos=True, seed=1,
-                            temperature=1.0 if where == "forward" else 0.0, top_k=5)
+    params = SamplingParams(max_tokens=12, n=3, ignore_eos=True, seed=1, temperature=1.0, top_k=5)
     expected = [o.token_ids for o in llm.generate(prompt, params, use_tqdm=False)]
     llm.reset_prefix_cache()
     request = llm.add_request(prompt, params)  # someone else's: a stream, a server job

@@ -29,7 +29,7 @@ def loop_reference(logits: torch.Tensor, params: list[SamplingParams], histories
 
 
 def seqs_of(params, histories):
-    return [Sequence(i, list(tokens), num_prompt, p, torch.Generator())
+    return [Sequence(i, list(tokens), num_prompt, p, i)
             for i, (p, (tokens, num_prompt)) in enumerate(zip(params, histories))]
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine import LLM, SamplingParams
-from engine.sampling import Sampler
+from engine.sampling import Sampler, uniform
 from kernels import reference
 from tests.engine_logits import engine_logits
 
@@ -21,15 +21,26 @@ def test_seeded_tokens_do_not_depend_on_the_batch(make_model):
     assert reseeded.token_ids != alone
 
 
+def test_a_streams_numbers_are_uniform_independent_and_keyed_by_index():
+    n = 20000
+    stream, other = [uniform(7, i) for i in range(n)], [uniform(8, i) for i in range(n)]
+    assert all(0 <= u < 1 for u in stream + other) and 0 <= uniform(2**64 - 1, 2**40) < 1
+    counts = torch.histc(torch.tensor(stream), bins=10, min=0, max=1)
+    assert (counts - n / 10).abs().max() < 5 * (n / 10 * 0.9) ** 0.5  # 5 sigma per bin
+    x, y = torch.tensor(stream, dtype=torch.float64), torch.tensor(other, dtype=torch.float64)
+    for a, b in ((x[1:], x[:-1]), (x, y)):  # neighbours in a stream; neighbouring seeds
+        assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1]) < 5 / n**0.5
+    assert uniform(7, 123) == stream[123] and len(set(stream)) == n
+
+
 def test_top_k_and_top_p_keep_only_allowed_tokens():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 100, generator=gen) * 3
     sampler = Sampler(100, reference.sample)
-    gens = [torch.Generator().manual_seed(i) for i in range(4)]
     top_k = SamplingParams(temperature=1.0, top_k=3)
     top_p = SamplingParams(temperature=1.0, top_p=0.5)
-    for _ in range(50):
-        tokens = sampler(logits.clone(), [top_k, top_k, top_p, top_p], gens, [frozenset()] * 4)
+    for draw in range(50):
+        tokens = sampler(logits.clone(), [top_k, top_k, top_p, top_p], [(i, draw) for i in range(4)], [frozenset()] * 4)
         for row in (0, 1):
             assert tokens[row] in logits[row].topk(3).indices.tolist()
         for row in (2, 3):
