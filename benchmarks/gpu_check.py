@@ -43,7 +43,7 @@ SAMPLER_SIZES = {False: dict(rows=64, vocab=151936), True: dict(rows=8, vocab=50
 ENGINE_SIZES = {False: dict(prompt=128, new=128, batches=(1, 64), shapes=("qwen2.5-1.5b", "qwen2.5-0.5b"),
                             nano_seqs=256, nano_len=(100, 1024), max_num_seqs=256, batched_tokens=8192, repeats=1),
                 True: dict(prompt=8, new=4, batches=(1, 3), shapes=("tiny",), nano_seqs=4, nano_len=(4, 12),
-                           max_num_seqs=3, batched_tokens=2048, repeats=5)}
+                           max_num_seqs=3, batched_tokens=2048, repeats=2)}
 # repeats: decode timings are the best of this many runs (the smoke's milliseconds on a shared CPU once took
 # a run to 4 tokens 0.12 s less than a run to 1)
 BUDGET_S = {False: 450.0, True: 600.0}  # the whole check; a GPU run must end inside a lent machine's 10-minute call
@@ -218,9 +218,9 @@ def workload(smoke: bool) -> tuple[dict[int, list[list[int]]], list[list[int]], 
 def decode_rate(generate, batch: int, new: int, device: torch.device, repeats: int) -> float:
     """Decode tokens/s with the prefill taken out: (new - 1) more tokens a sequence, over the time a run to
     `new` tokens takes beyond a run to 1 token (both from an empty prefix cache, each the best of `repeats`,
-    taken in turns so that a slow spell of the machine slows both), after an untimed run to 1 token at this
-    batch size (first-use costs of its shapes)."""
-    generate(1)
+    taken in turns so that a slow spell of the machine slows both), after an untimed run to `new` tokens at
+    this batch size (first-use costs of its prefill and decode shapes)."""
+    generate(new)
     seconds = {new: [], 1: []}
     for _ in range(repeats):
         for n in seconds:

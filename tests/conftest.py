@@ -7,6 +7,8 @@ from pathlib import Path
 # with a GPU it hides the GPU, before torch first asks, so it runs the same. The GPU's own check is
 # `python -m benchmarks.gpu_check`.
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
+if os.environ.get("PYTEST_XDIST_WORKER"):  # workers side by side: one thread each, for its subprocesses too
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 import torch
@@ -14,6 +16,9 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Conf
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from engine.weights import default_model_dir
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 R1_SPELLING = (22577, 17400, 46, 1116)  # r1's end on this tokenizer: ' </', 'think', '>', '\n\n'
 ARCHITECTURES = {

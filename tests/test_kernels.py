@@ -106,12 +106,12 @@ def test_decode_attention(dtype, head_dim, gqa, block_size, monkeypatch):
     q = randn(len(context_lens), group * num_kv_heads, head_dim, dtype=dtype, gen=gen)
     lens = torch.tensor(context_lens)
     expected = reference.decode_attention(q, cache, tables, lens)
-    # the default; one page per split (each sequence its own count: 13, 4, 1, 2); up to 5 splits of >= 1 page
-    # (the long one 5 of 3 pages, the last short); one split a sequence
-    for num_splits, min_blocks in ((None, 4), (16, 1), (5, 1), (1, 4)):
+    # the default; up to 5 splits of >= 1 page (the long one 5 of 3 pages, the last short); one split a sequence
+    for num_splits, min_blocks in ((None, 4), (5, 1), (1, 4)):
         actual = decode_attention.decode_attention(q, cache, tables, lens, num_splits, min_blocks)
         assert_close(actual, expected, ATTENTION_TOL[dtype])  # splits without pages stay NaN: none is read
-    monkeypatch.setattr(decode_attention, "REDUCE_SPLITS", 4)  # 13 splits merged 4 at a time, the last chunk partial
+    # one page per split (each sequence its own count: 13, 4, 1, 2), merged 4 at a time, the last chunk partial
+    monkeypatch.setattr(decode_attention, "REDUCE_SPLITS", 4)
     assert_close(decode_attention.decode_attention(q, cache, tables, lens, 16, 1), expected, ATTENTION_TOL[dtype])
 
 
