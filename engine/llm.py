@@ -5,7 +5,6 @@ Threads may share one LLM: each step, submission, abort and read of a request's 
 their calls interleave a step at a time (each step advances every thread's requests, batched together)."""
 import random
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -67,10 +66,6 @@ class LLM:
         if self.device.type == "cuda":  # Triton launches and graph capture use this thread's current device
             torch.cuda.set_device(self.device)
         self.dtype = resolve_dtype(dtype, self.device)
-        if self.device.type == "cpu" and self.dtype == torch.float16:
-            warnings.warn("float16 on the CPU: one sequence decodes fast, but prefill and batches run 2-4x slower than "
-                          "float32 (torch's fp16 matrix products); bfloat16 batches fast, and prefills fast only where the "
-                          "CPU has bf16 instructions (AVX512-BF16, AMX)", stacklevel=2)
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, got {str(self.device)!r}")
         path = self.model_dir = default_model_dir() if model is None else Path(model)

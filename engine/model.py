@@ -7,6 +7,7 @@ from torch import nn
 
 from engine.attention import AttentionMetadata
 from engine.config import ModelConfig
+from engine.matmul import addmm, addmm_, mm
 from kernels.ops import Ops, TorchOps
 
 
@@ -50,7 +51,7 @@ class DecoderLayer(nn.Module):
         num_tokens = x.shape[0]
         heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         h = ops.rms_norm(x, self.input_norm, cfg.rms_norm_eps)
-        qkv = h @ self.qkv_proj if self.qkv_bias is None else torch.addmm(self.qkv_bias, h, self.qkv_proj)
+        qkv = mm(h, self.qkv_proj) if self.qkv_bias is None else addmm(self.qkv_bias, h, self.qkv_proj)
         qkv = qkv.view(num_tokens, heads + 2 * kv_heads, cfg.head_dim)
         if self.q_norm is not None:
             qkv[:, :heads] = rms_norm(qkv[:, :heads], self.q_norm, cfg.rms_norm_eps)
@@ -61,7 +62,7 @@ class DecoderLayer(nn.Module):
         x, h = ops.proj_add_norm(x, attn.reshape(num_tokens, -1), self.o_proj, self.post_attention_norm, cfg.rms_norm_eps)
         # addmm folds the residual add into the matmul (fewer ops: what counts on CPU); in place into x (a
         # fresh sum, no one else's) it also spares a GPU the copy of x into a new output first
-        return x.addmm_(ops.silu_and_mul(h @ self.gate_up_proj), self.down_proj.t())
+        return addmm_(x, ops.silu_and_mul(mm(h, self.gate_up_proj)), self.down_proj.t())
 
 
 class DecoderModel(nn.Module):
@@ -101,9 +102,9 @@ class DecoderModel(nn.Module):
             x = layer.forward(x, freqs, cache, meta, self.ops)
         x = self.ops.rms_norm(x[logits_indices], self.norm, self.cfg.rms_norm_eps)
         if len(x) == 1 or not self.vocab_major_head:
-            return (x @ self.lm_head_t).float()
+            return mm(x, self.lm_head_t).float()
         head = self.embed_tokens.weight if self.lm_head is None else self.lm_head
-        return (head @ x.t()).t().float()  # a transposed view: the sampler reads it as it is
+        return mm(head, x.t()).t().float()  # a transposed view: the sampler reads it as it is
 
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.attention import AttentionMetadata, paged_attention
+from engine.matmul import addmm, mm
 from kernels import reference
 
 KERNEL_CHOICES = ("auto", "triton", "torch")
@@ -27,7 +28,7 @@ class TorchOps:
 
     def proj_add_norm(self, x, a, proj, norm_weight, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(x + a @ proj, rms_norm of it): addmm folds the residual add into the matmul on CPU."""
-        x = torch.addmm(x, a, proj)
+        x = addmm(x, a, proj)
         return x, F.rms_norm(x, norm_weight.shape, norm_weight, eps)
 
     rotary_ = staticmethod(reference.rotary_)
@@ -57,7 +58,7 @@ class TritonOps:
         return self._norm(x, weight, eps)
 
     def proj_add_norm(self, x, a, proj, norm_weight, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        normed, summed = self._add_norm(a @ proj, x, norm_weight, eps)
+        normed, summed = self._add_norm(mm(a, proj), x, norm_weight, eps)
         return summed, normed
 
 

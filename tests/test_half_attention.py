@@ -44,11 +44,6 @@ def test_bf16_engine_follows_transformers_bf16(make_model):
         assert out.token_ids[:3] == ref[:3]
 
 
-def test_float16_on_the_cpu_warns(make_model):
-    with pytest.warns(UserWarning, match="bfloat16 batches fast, and prefills fast only where"):
-        LLM(model=make_model("llama"), dtype="float16")
-
-
 @pytest.mark.parametrize("arch", ("llama", "qwen2"))  # untied and tied heads in the tiny models
 def test_half_precision_weights_are_views_of_the_checkpoint_layout(make_model, arch):
     path = make_model(arch, seed=6)
