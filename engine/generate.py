@@ -192,9 +192,10 @@ def _warn_when_thinking_fills_the_room(llm, prompt, params: SamplingParams, budg
     splices = len(spliced.delimiter) + len(spliced.final_answer)
     left = llm.max_model_len - len(prompt if isinstance(prompt, list) else llm.tokenizer.encode(prompt))
     room = f"--max-tokens {max_tokens}" if max_tokens <= left else f"the {left} tokens the context leaves after the prompt"
+    cap = "no --max-thinking-tokens" if budget.max_tokens is None else f"--max-thinking-tokens {budget.max_tokens}"
     if thinking and thinking + splices >= min(max_tokens, left):
-        print(f"warning: thinking may use all of {room} (--min-thinking-tokens {budget.min_tokens}, --max-thinking-tokens "
-              f"{budget.max_tokens}, then {splices} tokens spliced): the answer may never start", file=sys.stderr)
+        print(f"warning: thinking may use all of {room} (--min-thinking-tokens {budget.min_tokens}, {cap}, then "
+              f"{splices} tokens spliced): the answer may never start", file=sys.stderr)
 
 
 def _summary(output) -> str:

@@ -433,7 +433,8 @@ class OpenAIServer(ThreadingHTTPServer):
                 _end_reads(handler.connection)
 
     def count(self, path: str, status: int) -> None:
-        route = path if path in ROUTES or path in TOKENIZER_ROUTES or path in GET_ROUTES else "other"
+        route = (path if path in ROUTES or path in TOKENIZER_ROUTES or path in GET_ROUTES
+                 else "/v1/models/{model}" if path.startswith("/v1/models/") else "other")  # "other": no such route
         with self.counts_lock:
             self.http_counts[route, status] = self.http_counts.get((route, status), 0) + 1
 

@@ -133,6 +133,7 @@ def test_thinking_that_can_fill_max_tokens_is_warned_and_no_empty_answer_is_show
                  "--suppress", "--max-tokens", "6"])
     out, err = capsys.readouterr()
     assert code == 0 and "warning: thinking may use all of --max-tokens 6" in err and "finish: length" in err
+    assert "(--min-thinking-tokens 50, no --max-thinking-tokens, then" in err  # not "--max-thinking-tokens None"
     assert "[thinking]" in out and "[answer]" not in out  # it ran out while thinking: no answer phase began
 
 

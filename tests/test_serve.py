@@ -643,6 +643,13 @@ def test_metrics_count_tokens_requests_and_blocks(server):
     assert after["s1engine_sequences_running"] == after["s1engine_sequences_waiting"] == 0
     key = 's1engine_http_requests_total{route="/v1/completions",status="200"}'
     assert after[key] == before.get(key, 0) + 1
+    model = request(server, "GET", "/v1/models")[1]["data"][0]["id"]
+    assert request(server, "GET", f"/v1/models/{model}")[0] == 200 and request(server, "GET", "/v1/models/nope")[0] == 404
+    assert request(server, "GET", "/nope")[0] == 404
+    last = metrics()  # one model's route is counted as such, not with the unknown routes
+    for route, status in (("/v1/models/{model}", 200), ("/v1/models/{model}", 404), ("other", 404)):
+        key = f's1engine_http_requests_total{{route="{route}",status="{status}"}}'
+        assert last[key] == after.get(key, 0) + 1, key
 
 
 def test_an_api_key_guards_every_route_but_health_and_metrics(make_model, monkeypatch):
