@@ -119,6 +119,7 @@ def test_a_truncated_shard_falls_back_to_the_checkpoint_before(tiny, crashed, tm
     assert (f"falling back from checkpoint {out}/checkpoints/step-00000003: {shard.name} is {size // 2} bytes, "
             f"not the {size} its manifest lists") in err
     assert f"resuming from {out}/checkpoints/step-00000002 at step 2" in err
+    assert "4 steps of 4 sequences on 1 rank(s)\n" in err  # every sample in every epoch: nothing left out to say
     assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4]
     assert checkpoint_names(out) == ["step-00000003", "step-00000004"]  # step 3 written afresh
 
@@ -183,3 +184,10 @@ def test_activation_checkpointing_on_transformers_without_the_new_name():
     enable_activation_checkpointing(new)
     assert calls == [("old", {"gradient_checkpointing_kwargs": {"use_reentrant": False}}),
                      ("new", {"activation_checkpointing_kwargs": {"use_reentrant": False}})]
+
+
+def test_each_epochs_left_out_partial_batch_is_said(tiny, tmp_path, capsys):
+    """8 samples in global batches of 3: each epoch trains 6 (a different 6, reshuffled), and the plan says so."""
+    run_in_process(sft_args(*tiny, tmp_path, epochs=2, global_batch_size=3, max_steps=1))
+    assert ("8 samples (0 truncated to 128 tokens), 4 steps of 3 sequences on 1 rank(s); each epoch's last partial "
+            "batch is left out, reshuffled every epoch (4 sample passes of 16)") in capsys.readouterr().err

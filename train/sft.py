@@ -321,8 +321,11 @@ def train(cfg: TrainConfig, env: DistEnv, setup: Setup) -> None:
     last_step = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
     tokenizer = setup.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    left_out = len(samples) * cfg.epochs - sum(len(row) for _, rows in plan for row in rows)
     env.log(f"{len(samples)} samples ({setup.dataset.num_truncated} truncated to {cfg.block_size} tokens), "
-            f"{total_steps} steps of {cfg.global_batch_size} sequences on {env.world_size} rank(s)")
+            f"{total_steps} steps of {cfg.global_batch_size} sequences on {env.world_size} rank(s)"
+            + (f"; each epoch's last partial batch is left out, reshuffled every epoch ({left_out} sample passes "
+               f"of {len(samples) * cfg.epochs})" if left_out else ""))
     if not env.is_main:
         hf_logging.disable_progress_bar()
 
