@@ -18,7 +18,7 @@ setup(
         "champ-dataset>=1.0",  # 270 competition problems with answers: a real eval set and curation pool
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3", "pytest-benchmark>=4", "accelerate>=1.0", "matplotlib>=3.8", "lm-eval[api]>=0.4", "openai>=1.40"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.2.1", "pytest-benchmark>=4", "accelerate>=1.0", "matplotlib>=3.8", "lm-eval[api]>=0.4", "openai>=1.40"],
         "gpu": ["flash-attn>=2.6"],
     },
 )

@@ -28,7 +28,7 @@ def _in_fp32(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b."""
-    return (a.float() @ b.float()).to(a.dtype) if _in_fp32(a, b) else a @ b
+    return torch.mm(a.float(), b.float()).to(a.dtype) if _in_fp32(a, b) else torch.mm(a, b)
 
 
 def addmm(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

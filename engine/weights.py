@@ -55,8 +55,8 @@ def default_model_dir() -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     # processes that start together (test workers, torchrun ranks) convert once: the others wait, then find it
-    with open(out.parent / f".{DEFAULT_MODEL_NAME}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = _lock(out.parent / f".{DEFAULT_MODEL_NAME}.lock")
+    try:
         if (out / "config.json").is_file():
             return out
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
@@ -64,9 +64,34 @@ def default_model_dir() -> Path:
             staging = Path(tmp) / "model"
             print(f"dequantizing it into {out} (set {CACHE_ENV} to put it elsewhere)...", file=sys.stderr)
             convert_gguf(gguf_path, staging)
-            shutil.rmtree(out, ignore_errors=True)  # what an interrupted older version may have left
-            staging.rename(out)  # atomic: the dir appears complete or not at all
+            if not (out / "config.json").is_file():  # a process the lock did not hold back may have finished first
+                shutil.rmtree(out, ignore_errors=True)  # what an interrupted conversion left
+                try:
+                    staging.rename(out)  # atomic: the dir appears complete or not at all
+                except OSError:
+                    if not (out / "config.json").is_file():
+                        raise
+    finally:
+        if lock is not None:
+            os.close(lock)  # and with it the lock
     return out
+
+
+def _lock(path: Path) -> int | None:
+    """An exclusive flock on path, held until its descriptor is closed; None where the file cannot be opened
+    or the filesystem takes no flock (another user's lock file, a read-only or NFS cache): then the checks
+    around the rename keep concurrent conversions apart instead."""
+    for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+        try:
+            fd = os.open(path, flags, 0o666)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return fd
+        except OSError:
+            os.close(fd)
+    return None
 
 
 def _fetch_default_gguf(workdir: Path) -> Path:

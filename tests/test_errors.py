@@ -55,19 +55,26 @@ def test_corrupt_weights_and_missing_tensor(make_model, tmp_path):
         LLM(model=tmp_path / "n")
 
 
-def test_processes_that_start_together_convert_the_default_model_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("flock", ["works", "fails"])
+def test_processes_that_start_together_convert_the_default_model_once(tmp_path, monkeypatch, flock):
     """Processes that find the cache empty together (test workers, torchrun ranks): one converts the default
-    model, the others wait for it and get the whole dir (they used to convert it again and race to rename)."""
+    model, the others wait for it and get the whole dir (they used to convert it again and race to rename).
+    Where the filesystem takes no flock, each converts, and the first dir stays: no later one replaces it."""
+    import fcntl
+
     import engine.weights as weights
 
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
+    if flock == "fails":
+        monkeypatch.setattr(fcntl, "flock", lambda *a: (_ for _ in ()).throw(OSError(37, "No locks available")))
     conversions, results, errors = [], [], []
 
     def convert(gguf_path, out):
         conversions.append(out)
-        time.sleep(0.3)  # long enough for every caller to find no config.json
+        n = len(conversions)
+        time.sleep(0.3 + 0.1 * n)  # long enough for every caller to find no config.json; the first ends first
         out.mkdir()
-        (out / "config.json").write_text("{}")
+        (out / "config.json").write_text(str(n))
 
     def call():
         try:
@@ -82,8 +89,9 @@ def test_processes_that_start_together_convert_the_default_model_once(tmp_path, 
         caller.start()
     for caller in callers:
         caller.join()
-    assert not errors and len(conversions) == 1
+    assert not errors and len(conversions) == (1 if flock == "works" else 3)
     assert results == [tmp_path / weights.DEFAULT_MODEL_NAME] * 3
+    assert (results[0] / "config.json").read_text() == "1"  # the first finished: not replaced by a later one
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".{weights.DEFAULT_MODEL_NAME}.lock", weights.DEFAULT_MODEL_NAME]
 
 
