@@ -12,7 +12,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when a GPU is seen)")
     g.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                    help="default: bfloat16 on CUDA; float32 on the CPU, whose greedy tokens equal transformers' "
-                        "(half precision decodes one sequence faster there; see the README for batches)")
+                        "(half precision decodes faster there, prefills near its speed)")
     g.add_argument("--kernels", default="auto", choices=KERNEL_CHOICES,
                    help="auto: Triton kernels on CUDA, their torch references elsewhere")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,

@@ -9,8 +9,8 @@ from engine import matmul
 def test_products_from_16_rows_and_columns_are_taken_in_fp32_where_half_is_slow(dtype, monkeypatch):
     gen = torch.Generator().manual_seed(0)
     randn = lambda *shape: torch.randn(*shape, generator=gen).to(dtype)  # noqa: E731
-    w = randn(96, 64).t()  # a view of the [out, in] tensor, as the model holds its projections
-    head = randn(1000, 64)
+    w = randn(300, 64).t()  # a view of the [out, in] tensor, as the model holds its projections: 2 tiles
+    head = randn(1000, 64)  # 4 tiles, the last partial
     seen = []  # the operand dtypes each product is taken in: equal values alone cannot tell (bf16 often agrees)
     for name in ("mm", "addmm"):
         real = getattr(torch, name)
@@ -19,22 +19,27 @@ def test_products_from_16_rows_and_columns_are_taken_in_fp32_where_half_is_slow(
         monkeypatch.setattr(matmul, "SLOW_HALF", slow)
         for rows in (1, 15, 16, 40):
             in_fp32 = bool(slow) and rows >= 16
-            a, c, x = randn(rows, 64), randn(rows, 96), randn(rows, 64)
+            a, c, x, bias = randn(rows, 64), randn(rows, 300), randn(rows, 64), randn(300)
             expected = {
                 "mm": (a.float() @ w.float()).to(dtype) if in_fp32 else a @ w,
                 "addmm": torch.addmm(c.float(), a.float(), w.float()).to(dtype) if in_fp32 else torch.addmm(c, a, w),
+                "bias": torch.addmm(bias.float(), a.float(), w.float()).to(dtype) if in_fp32 else torch.addmm(bias, a, w),
                 "head": (head.float() @ x.float().t()).to(dtype) if in_fp32 else head @ x.t(),  # 16+ columns
             }
             seen.clear()
-            assert torch.equal(matmul.mm(a, w), expected["mm"])
-            assert torch.equal(matmul.addmm(c, a, w), expected["addmm"])
-            assert torch.equal(matmul.mm(head, x.t()), expected["head"])
-            assert seen == [torch.float32 if in_fp32 else dtype] * 3
+            # in fp32 the weight is cast a tile at a time: each tile's product may round alike or a bit apart
+            same = torch.testing.assert_close if in_fp32 else lambda x, y: torch.equal(x, y) or pytest.fail("not equal")
+            same(matmul.mm(a, w), expected["mm"])
+            same(matmul.addmm(c, a, w), expected["addmm"])
+            same(matmul.addmm(bias, a, w), expected["bias"])  # a bias: one row for every row
+            same(matmul.mm(head, x.t()), expected["head"])
+            assert seen and set(seen) == {torch.float32 if in_fp32 else dtype}
             before = c.clone()
-            assert matmul.addmm_(c, a, w) is c and torch.equal(c, expected["addmm"]), "in place, as c + a @ w"
+            assert matmul.addmm_(c, a, w) is c, "in place"
+            same(c, expected["addmm"])
             assert not torch.equal(c, before)
             for out in (matmul.mm(a, w), matmul.addmm(c, a, w)):
-                assert out.dtype == dtype and out.shape == (rows, 96)
+                assert out.dtype == dtype and out.shape == (rows, 300) and out.is_contiguous()
 
 
 def test_slow_half_dtypes_follow_the_cpus_instructions(monkeypatch):
