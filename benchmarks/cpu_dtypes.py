@@ -4,23 +4,17 @@
                                     [--context 16] [--new 32] [--repeats 3]
 
 Prefill: one prompt of `--prompt` random tokens, `max_tokens=1`. Decode: tokens/s at each batch size
-after prompts of `--context` tokens, with the prefill taken out, (new - 1) tokens a sequence over the time a run to `new` tokens takes beyond
-a run to 1. Each figure is the best of `--repeats`, the dtypes taking turns within a repeat so that a
+after prompts of `--context` tokens, with the prefill taken out: (new - 1) tokens a sequence over the
+time a run to `new` tokens takes beyond a run to 1. Each figure is the best of `--repeats`, the dtypes taking turns within a repeat so that a
 slow spell of the machine slows each alike; the prefix cache is reset before every run.
 """
 import argparse
 import random
-import time
 
 import torch
 
+from benchmarks.gpu_check import wall
 from engine import LLM, SamplingParams
-
-
-def _wall(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def measure(dtypes: list[str], model: str | None, prompt: int, batches: list[int], context: int, new: int,
@@ -34,7 +28,8 @@ def measure(dtypes: list[str], model: str | None, prompt: int, batches: list[int
 
     def run(llm: LLM, prompts: list[list[int]], n: int) -> float:
         llm.reset_prefix_cache()
-        return _wall(lambda: llm.generate(prompts, SamplingParams(max_tokens=n, ignore_eos=True), use_tqdm=False))
+        return wall(lambda: llm.generate(prompts, SamplingParams(max_tokens=n, ignore_eos=True), use_tqdm=False),
+                    llm.device)
 
     runs = [("prefill", [long], 1)] + [(b, prompts[b], n) for b in batches for n in (1, new)]
     for llm in engines.values():  # first use of every shape, untimed

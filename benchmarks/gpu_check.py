@@ -224,7 +224,7 @@ def decode_rate(generate, batch: int, new: int, device: torch.device, repeats: i
     seconds = {new: [], 1: []}
     for _ in range(repeats):
         for n in seconds:
-            seconds[n].append(_wall(lambda: generate(n), device))
+            seconds[n].append(wall(lambda: generate(n), device))
     extra = min(seconds[new]) - min(seconds[1])
     if extra <= 0:
         raise RuntimeError(f"a run to {new} tokens took no longer than a run to 1 ({extra:.3g} s): no decode rate")
@@ -253,7 +253,7 @@ def engine_section(path: Path, device: torch.device, dtype: torch.dtype, smoke: 
         emit(**{f"decode_{batch}": decode_rate(generate, batch, s["new"], device, s["repeats"])})
     if graphs:
         params = [SamplingParams(max_tokens=n, ignore_eos=True) for n in nano_lengths]
-        emit(nano=sum(nano_lengths) / _wall(lambda: llm.generate(nano_prompts, params, use_tqdm=False), device))
+        emit(nano=sum(nano_lengths) / wall(lambda: llm.generate(nano_prompts, params, use_tqdm=False), device))
 
 
 def transformers_section(path: Path, device: torch.device, dtype: torch.dtype, smoke: bool) -> None:
@@ -278,11 +278,12 @@ def transformers_section(path: Path, device: torch.device, dtype: torch.dtype, s
     width, longest = max(map(len, nano_prompts)), max(nano_lengths)
     ids = torch.tensor([[2] * (width - len(p)) + p for p in nano_prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in nano_prompts], device=device)
-    emit(nano=sum(nano_lengths) / _wall(lambda: hf.generate(ids, attention_mask=mask, max_new_tokens=longest,
+    emit(nano=sum(nano_lengths) / wall(lambda: hf.generate(ids, attention_mask=mask, max_new_tokens=longest,
                                                             min_new_tokens=longest, do_sample=False, pad_token_id=2), device))
 
 
-def _wall(fn, device: torch.device) -> float:
+def wall(fn, device: torch.device) -> float:
+    """Seconds fn takes, the device's queued work included."""
     t = time.perf_counter()
     fn()
     if device.type == "cuda":

@@ -3,7 +3,7 @@ AMX; fp16: AMX-FP16) torch multiplies bf16/fp16 matrices about a row at a time: 
 of a 576 x 3072 weight took 77 ms on the project's AVX2 box against 10 in fp32. There a product whose
 output has 16+ rows and 16+ columns is taken in fp32, its operands cast for it (the cast costs less than
 the product saves from 16 rows up; fewer rows stream the half-precision weights faster as they are). The
-larger operand, the weight, is cast TILE rows at a time into one buffer that stays in cache: cast whole,
+larger operand, mostly the weight, is cast TILE rows at a time into one buffer that stays in cache: cast whole,
 the 49,152-row output head took 98 ms at 16 rows against 29 in fp32; in tiles it takes 25."""
 import torch
 
@@ -30,16 +30,17 @@ def _in_fp32(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _in_fp32_tiles(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-    """(c +) a @ b in fp32, in a's dtype out; the larger operand, the weight, cast a tile at a time."""
+    """(c +) a @ b in fp32, in a's dtype out; the larger operand (the weight, or a long prefill's
+    activations) cast a tile at a time, the other whole."""
     out = torch.empty((a.shape[0], b.shape[1]), dtype=a.dtype, device=a.device)
     c32 = None if c is None else c.float().expand(out.shape)
-    if a.numel() >= b.numel():  # the weight is a (the output head, vocab-major): its rows
+    if a.numel() >= b.numel():  # a is larger (the vocab-major output head; a long prefill): its rows
         b32, buf = b.float(), torch.empty((min(TILE, a.shape[0]), a.shape[1]), device=a.device)
         for lo in range(0, a.shape[0], TILE):
             hi = min(lo + TILE, a.shape[0])
             w = buf[: hi - lo].copy_(a[lo:hi])
             out[lo:hi] = torch.mm(w, b32) if c32 is None else torch.addmm(c32[lo:hi], w, b32)
-    else:  # the weight is b (a projection, [in, out], a view of [out, in]): its columns
+    else:  # b is larger (a projection, [in, out], a view of [out, in]): its columns
         a32, buf = a.float(), torch.empty((min(TILE, b.shape[1]), b.shape[0]), device=a.device)
         for lo in range(0, b.shape[1], TILE):
             hi = min(lo + TILE, b.shape[1])

@@ -142,9 +142,9 @@ class Sampler:
     """Picks one token per row through the selected ops' sampler (kernels.reference.sample's contract):
     budget masks and vocabulary padding, temperature, top-k, top-p, greedy rows. A random row's draw is
     one uniform number, `uniform(seed, draw)` of its sequence's seed and draw index, so a request's random
-    stream depends only on its seed, never on the batch it ran in. The logits themselves may differ in their last bits
-    between batch sizes (matmuls round by shape), which in bf16 can flip a draw that lands near a cdf
-    step or a greedy near-tie."""
+    stream depends only on its seed, never on the batch it ran in. The logits themselves may differ in
+    their last bits between batch sizes (matmuls round by shape), which in bf16 can flip a draw that
+    lands near a cdf step or a greedy near-tie."""
 
     def __init__(self, vocab_size: int, sample_fn):
         self.vocab_size = vocab_size  # ids at or above it are padded embedding rows, never sampled
